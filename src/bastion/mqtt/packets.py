@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+
 class PacketType(IntEnum):
     """The fixed-header packet type (high nibble of the first byte)."""
 
@@ -29,6 +30,7 @@ class PacketType(IntEnum):
     DISCONNECT = 14
     AUTH = 15
 
+
 class ProtocolVersion(IntEnum):
     """Protocol level byte of CONNECT."""
 
@@ -36,7 +38,9 @@ class ProtocolVersion(IntEnum):
     MQTT_3_1_1 = 4
     MQTT_5 = 5
 
+
 UserProperties = tuple[tuple[str, str], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class Properties:
@@ -74,7 +78,9 @@ class Properties:
     subscription_identifier_available: int | None = None  # 0x29 byte
     shared_subscription_available: int | None = None  # 0x2A byte
 
+
 NO_PROPERTIES = Properties()
+
 
 @dataclass(frozen=True, slots=True)
 class Will:
@@ -85,6 +91,7 @@ class Will:
     qos: int = 0
     retain: bool = False
     properties: Properties = NO_PROPERTIES
+
 
 @dataclass(frozen=True, slots=True)
 class Connect:
@@ -100,6 +107,7 @@ class Connect:
 
     packet_type = PacketType.CONNECT
 
+
 @dataclass(frozen=True, slots=True)
 class Connack:
     session_present: bool = False
@@ -107,6 +115,7 @@ class Connack:
     properties: Properties = NO_PROPERTIES
 
     packet_type = PacketType.CONNACK
+
 
 @dataclass(frozen=True, slots=True)
 class Publish:
@@ -120,6 +129,7 @@ class Publish:
 
     packet_type = PacketType.PUBLISH
 
+
 @dataclass(frozen=True, slots=True)
 class Puback:
     packet_id: int
@@ -127,6 +137,7 @@ class Puback:
     properties: Properties = NO_PROPERTIES
 
     packet_type = PacketType.PUBACK
+
 
 @dataclass(frozen=True, slots=True)
 class Pubrec:
@@ -136,6 +147,7 @@ class Pubrec:
 
     packet_type = PacketType.PUBREC
 
+
 @dataclass(frozen=True, slots=True)
 class Pubrel:
     packet_id: int
@@ -144,6 +156,7 @@ class Pubrel:
 
     packet_type = PacketType.PUBREL
 
+
 @dataclass(frozen=True, slots=True)
 class Pubcomp:
     packet_id: int
@@ -151,6 +164,7 @@ class Pubcomp:
     properties: Properties = NO_PROPERTIES
 
     packet_type = PacketType.PUBCOMP
+
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
@@ -162,6 +176,7 @@ class Subscription:
     retain_as_published: bool = False
     retain_handling: int = 0
 
+
 @dataclass(frozen=True, slots=True)
 class Subscribe:
     packet_id: int
@@ -169,6 +184,7 @@ class Subscribe:
     properties: Properties = NO_PROPERTIES
 
     packet_type = PacketType.SUBSCRIBE
+
 
 @dataclass(frozen=True, slots=True)
 class Suback:
@@ -178,6 +194,7 @@ class Suback:
 
     packet_type = PacketType.SUBACK
 
+
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     packet_id: int
@@ -185,6 +202,7 @@ class Unsubscribe:
     properties: Properties = NO_PROPERTIES
 
     packet_type = PacketType.UNSUBSCRIBE
+
 
 @dataclass(frozen=True, slots=True)
 class Unsuback:
@@ -194,13 +212,16 @@ class Unsuback:
 
     packet_type = PacketType.UNSUBACK
 
+
 @dataclass(frozen=True, slots=True)
 class Pingreq:
     packet_type = PacketType.PINGREQ
 
+
 @dataclass(frozen=True, slots=True)
 class Pingresp:
     packet_type = PacketType.PINGRESP
+
 
 @dataclass(frozen=True, slots=True)
 class Disconnect:
@@ -209,12 +230,14 @@ class Disconnect:
 
     packet_type = PacketType.DISCONNECT
 
+
 @dataclass(frozen=True, slots=True)
 class Auth:
     reason_code: int = 0
     properties: Properties = NO_PROPERTIES
 
     packet_type = PacketType.AUTH
+
 
 Packet = (
     Connect
