@@ -1,0 +1,25 @@
+"""Configuration: the settings schema and the loader that fills it from TOML and the CLI.
+
+``runtime/`` consumes ``Settings``; ``cli/`` calls ``load_settings`` and reports
+``bastion.errors.ConfigError`` to the operator.
+"""
+
+from bastion.config.load import COMMAND_LINE, load_settings, parse_listen_address
+from bastion.config.schema import (
+    ListenerSettings,
+    LoggingSettings,
+    MqttSettings,
+    SecuritySettings,
+    Settings,
+)
+
+__all__ = [
+    "COMMAND_LINE",
+    "ListenerSettings",
+    "LoggingSettings",
+    "MqttSettings",
+    "SecuritySettings",
+    "Settings",
+    "load_settings",
+    "parse_listen_address",
+]

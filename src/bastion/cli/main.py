@@ -1,0 +1,23 @@
+"""The ``bastion`` command: a click group whose subcommands live in sibling modules.
+
+Installed as the ``bastion`` console script and run by ``python -m bastion``; each
+subcommand stays thin and calls into the packages (``config``, ``ops``, ``runtime``).
+"""
+
+from __future__ import annotations
+
+import click
+
+from bastion import __version__
+from bastion.cli.serve import serve
+
+__all__ = ["main"]
+
+
+@click.group(name="bastion", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="bastion", message="%(prog)s %(version)s")
+def main() -> None:
+    """Bastion: a hardened IoT MQTT 3.1.1/5.0 broker, secure by default."""
+
+
+main.add_command(serve)
