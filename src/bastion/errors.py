@@ -31,7 +31,7 @@ class ProtocolError(BastionError):
         return f"ProtocolError({self.message!r}, reason=0x{self.reason:02X})"
 
 
-class MalformedPacket(ProtocolError):
+class MalformedPacket(ProtocolError):  # noqa: N818 - the spec's name
     """The bytes do not decode as a packet (reason 0x81 Malformed Packet)."""
 
     def __init__(self, message: str, reason: int = 0x81) -> None:

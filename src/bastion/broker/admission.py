@@ -1,0 +1,173 @@
+"""CONNECT admission: client identifier, credentials, will, session expiry and keep alive.
+
+``core.py`` asks ``admit`` whether a CONNECT is accepted and builds the CONNACK from the
+result with ``connack_properties``; nothing here touches session state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bastion.broker.messages import is_broker_topic
+from bastion.broker.sessions import NEVER_EXPIRES
+from bastion.config.schema import MqttSettings
+from bastion.mqtt.packets import NO_PROPERTIES, Connect, Properties, ProtocolVersion, Will
+from bastion.mqtt.reason_codes import ReasonCode
+from bastion.security.policy import ClientIdentity, Policy
+
+MQTT_3_1_MAX_CLIENT_ID = 23  # MQTT 3.1 (protocol level 3) refuses longer identifiers
+DEFAULT_RECEIVE_MAXIMUM = 65535  # the client's Receive Maximum when it sends none
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A CONNECT that is refused: the CONNACK reason code and a reason for people."""
+
+    reason: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An accepted CONNECT, with every value the broker negotiated for the connection."""
+
+    client_id: str
+    assigned: bool  # the broker chose the client id
+    identity: ClientIdentity
+    session_expiry: int  # effective Session Expiry Interval, seconds
+    requested_expiry: int  # what the client asked for (MQTT 5), else the effective value
+    keep_alive: int  # effective keep alive, seconds (0 = none)
+    keep_alive_changed: bool  # differs from the client's: told as Server Keep Alive
+    window: int  # outbound QoS 1/2 messages allowed unacknowledged
+    problem_information: bool  # the client accepts reason strings
+
+
+def admit(
+    packet: Connect,
+    peer: str,
+    settings: MqttSettings,
+    policy: Policy,
+    assign_id: Callable[[], str],
+) -> Admission | Refusal:
+    """Decide whether ``packet`` is accepted, in the order the spec checks (§3.1.4)."""
+    v5 = packet.protocol_version >= ProtocolVersion.MQTT_5
+    props = packet.properties
+    if v5 and props.authentication_method is not None:
+        return Refusal(
+            ReasonCode.BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported"
+        )
+    client_id, assigned = packet.client_id, False
+    if not client_id:
+        if not v5 and not packet.clean_start:
+            return Refusal(
+                ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                "an empty client identifier needs a clean session",
+            )
+        client_id, assigned = assign_id(), True
+    limit = settings.max_client_id_length
+    if packet.protocol_version == ProtocolVersion.MQTT_3_1:
+        limit = min(limit, MQTT_3_1_MAX_CLIENT_ID)
+    if len(client_id.encode("utf-8", "surrogatepass")) > limit:
+        return Refusal(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client identifier is too long")
+    result = policy.authenticate(client_id, packet.username, packet.password, peer)
+    if result.reason_code:
+        return Refusal(result.reason_code, result.message or "not authorized")
+    identity = result.identity or ClientIdentity(client_id, packet.username, peer)
+    if packet.will is not None:
+        refusal = check_will(packet.will, identity, settings, policy)
+        if refusal is not None:
+            return refusal
+    expiry, requested = session_expiry(packet, settings)
+    keep_alive = effective_keep_alive(packet.keep_alive, settings.max_keepalive)
+    receive_maximum = props.receive_maximum if v5 else None
+    return Admission(
+        client_id=client_id,
+        assigned=assigned,
+        identity=identity,
+        session_expiry=expiry,
+        requested_expiry=requested,
+        keep_alive=keep_alive,
+        keep_alive_changed=keep_alive != packet.keep_alive,
+        window=min(settings.max_inflight_messages, receive_maximum or DEFAULT_RECEIVE_MAXIMUM),
+        problem_information=props.request_problem_information != 0,
+    )
+
+
+def check_will(
+    will: Will, identity: ClientIdentity, settings: MqttSettings, policy: Policy
+) -> Refusal | None:
+    """Refuse a will the client could not publish as a message (§3.1.2.5 - §3.1.2.7)."""
+    if is_broker_topic(will.topic) or not policy.may_publish(identity, will.topic):
+        return Refusal(ReasonCode.NOT_AUTHORIZED, "not authorized to publish the will topic")
+    if will.qos > settings.max_qos:
+        return Refusal(ReasonCode.QOS_NOT_SUPPORTED, "will QoS above the server's maximum")
+    if will.retain and not settings.retain_available:
+        return Refusal(ReasonCode.RETAIN_NOT_SUPPORTED, "retained wills are not supported")
+    return None
+
+
+def session_expiry(packet: Connect, settings: MqttSettings) -> tuple[int, int]:
+    """(effective, requested) Session Expiry Interval in seconds.
+
+    MQTT 5 asks with a property, capped by the server; MQTT 3.1.1 ``clean_session=0`` keeps
+    the session ``persistent_client_expiration`` seconds (forever if unset), ``=1`` not at all.
+    """
+    if packet.protocol_version >= ProtocolVersion.MQTT_5:
+        requested = packet.properties.session_expiry_interval or 0
+        return min(requested, settings.max_session_expiry_interval), requested
+    if packet.clean_start:
+        return 0, 0
+    expiry = settings.persistent_client_expiration
+    expiry = NEVER_EXPIRES if expiry is None else expiry
+    return expiry, expiry
+
+
+def effective_keep_alive(requested: int, maximum: int) -> int:
+    """The keep alive to enforce: the server's maximum replaces 0 (none) and larger values."""
+    if maximum and (requested == 0 or requested > maximum):
+        return maximum
+    return requested
+
+
+def connack_properties(admission: Admission, packet: Connect, settings: MqttSettings) -> Properties:
+    """CONNACK properties of an accepted MQTT 5 connection (§3.2.2.3)."""
+    available = {True: None, False: 0}
+    request_info = packet.properties.request_response_information == 1
+    capped = admission.session_expiry != admission.requested_expiry
+    return Properties(
+        session_expiry_interval=admission.session_expiry if capped else None,
+        assigned_client_identifier=admission.client_id if admission.assigned else None,
+        server_keep_alive=admission.keep_alive if admission.keep_alive_changed else None,
+        receive_maximum=settings.receive_maximum,
+        maximum_packet_size=settings.max_packet_size,
+        topic_alias_maximum=settings.topic_alias_maximum or None,
+        maximum_qos=settings.max_qos if settings.max_qos < 2 else None,
+        retain_available=available[settings.retain_available],
+        wildcard_subscription_available=available[settings.wildcard_subscription_available],
+        subscription_identifier_available=available[settings.subscription_identifier_available],
+        shared_subscription_available=available[settings.shared_subscription_available],
+        response_information=f"response/{admission.client_id}" if request_info else None,
+    )
+
+
+def refusal_properties(refusal: Refusal, packet: Connect) -> Properties:
+    """CONNACK properties of a refused MQTT 5 connection: a reason string if welcome."""
+    if (
+        packet.protocol_version < ProtocolVersion.MQTT_5
+        or packet.properties.request_problem_information == 0
+    ):
+        return NO_PROPERTIES
+    return Properties(reason_string=refusal.message)
+
+
+__all__ = [
+    "Admission",
+    "Refusal",
+    "admit",
+    "check_will",
+    "connack_properties",
+    "effective_keep_alive",
+    "refusal_properties",
+    "session_expiry",
+]

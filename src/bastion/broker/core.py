@@ -1,0 +1,447 @@
+"""The broker core: connections, packets, timers and shutdown, with time as an argument.
+
+The transport calls ``Broker.connect/receive/connection_lost`` through the ``ClientLink``
+seam (``links.py``); the runtime calls ``tick`` and ``shutdown``. Routing lives in
+``delivery.py``, session state in ``sessions.py``, CONNECT checks in ``admission.py``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+
+import structlog
+
+from bastion import __version__
+from bastion.broker.admission import (
+    Admission,
+    Refusal,
+    admit,
+    connack_properties,
+    refusal_properties,
+)
+from bastion.broker.delivery import Router
+from bastion.broker.links import ClientLink
+from bastion.broker.messages import (
+    Message,
+    is_broker_topic,
+    message_from_publish,
+    message_from_will,
+)
+from bastion.broker.retained import RetainedStore
+from bastion.broker.sessions import Session, SessionRegistry, SessionState
+from bastion.broker.stats import BrokerStats
+from bastion.broker.subscriptions import SubscriptionEntry, SubscriptionTrie
+from bastion.broker.sys_topics import SysTopics
+from bastion.broker.wills import WillScheduler
+from bastion.config.schema import MqttSettings
+from bastion.errors import ProtocolError
+from bastion.mqtt.packets import (
+    NO_PROPERTIES,
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    Pingreq,
+    Pingresp,
+    Properties,
+    ProtocolVersion,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Subscription,
+    Unsuback,
+    Unsubscribe,
+    Will,
+)
+from bastion.mqtt.reason_codes import ReasonCode
+from bastion.mqtt.topics import SHARE_PREFIX, is_wildcard, parse_shared, validate_topic_filter
+from bastion.security.policy import Policy
+
+log = structlog.get_logger("bastion.broker")
+
+_V5 = ProtocolVersion.MQTT_5
+_SUBACK_FAILURE_V311 = 0x80
+_NOT_AUTHORIZED_TEXT = "not authorized"
+
+
+class Broker:
+    """Sessions, routing, wills, expiry and ``$SYS`` of one MQTT server; no I/O of its own."""
+
+    def __init__(
+        self, settings: MqttSettings, policy: Policy, *, version: str = __version__
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.stats = BrokerStats()
+        self.sessions = SessionRegistry()
+        self.subscriptions = SubscriptionTrie()
+        self.retained: RetainedStore[Message] = RetainedStore()
+        self.wills = WillScheduler()
+        self.router = Router(policy, self.sessions, self.subscriptions, self.retained, self.stats)
+        self.sys_topics = SysTopics(version, settings.sys_interval, self.stats)
+        self._stopped = False
+
+    # -- connections -------------------------------------------------------------------
+
+    def connect(self, link: ClientLink, packet: Connect, now: float) -> Session | None:
+        """Admit a CONNECT and answer CONNACK; None (and the link closed) if refused."""
+        self.stats.messages_received += 1
+        result: Admission | Refusal
+        if self._stopped:
+            result = Refusal(ReasonCode.SERVER_UNAVAILABLE, "the server is shutting down")
+        else:
+            result = admit(packet, link.peer, self.settings, self.policy, self._new_client_id)
+        if isinstance(result, Refusal):
+            self._refuse(link, packet, result)
+            return None
+        state, present = self._bind(result, packet.clean_start, now)
+        state.identity = result.identity
+        state.expiry_interval = result.session_expiry
+        state.expires_at = None
+        connection = Session(
+            link,
+            state,
+            packet.protocol_version,
+            window=result.window,
+            keep_alive=result.keep_alive,
+            problem_information=result.problem_information,
+        )
+        connection.will = packet.will
+        connection.connect_expiry_interval = result.requested_expiry
+        state.connection = connection
+        self.stats.client_connected()
+        self._refresh_counts()
+        props = NO_PROPERTIES
+        if packet.protocol_version >= _V5:
+            props = connack_properties(result, packet, self.settings)
+        self.router.send(connection, Connack(present, ReasonCode.SUCCESS, props))
+        link.set_keep_alive(result.keep_alive)
+        log.info(
+            "client.connected",
+            client_id=state.client_id,
+            peer=link.peer,
+            protocol=packet.protocol_version,
+            session_present=present,
+        )
+        if present:
+            self.router.resume(connection, now)
+        return connection
+
+    def _new_client_id(self) -> str:
+        while True:
+            client_id = self.settings.client_id_prefix + secrets.token_hex(8)
+            if client_id not in self.sessions:
+                return client_id
+
+    def _refuse(self, link: ClientLink, packet: Connect, refusal: Refusal) -> None:
+        connack = Connack(False, refusal.reason, refusal_properties(refusal, packet))
+        if link.send(connack):
+            self.stats.messages_sent += 1
+        link.close(None)
+        log.info(
+            "client.refused", client_id=packet.client_id, peer=link.peer, reason=refusal.reason
+        )
+
+    def _bind(
+        self, admission: Admission, clean_start: bool, now: float
+    ) -> tuple[SessionState, bool]:
+        """The session for a new connection, and whether it existed (Session Present)."""
+        client_id = admission.client_id
+        state = self.sessions.get(client_id)
+        if state is not None and state.connection is not None:
+            self._take_over(state.connection, now)
+            state = self.sessions.get(client_id)  # gone if its expiry interval was 0
+        if state is not None and clean_start:
+            self._end_session(state, now)
+            state = None
+        if state is not None:
+            self.wills.cancel(client_id)  # back before the will delay ran out (§3.1.3.2.2)
+            return state, True
+        state = SessionState(client_id, admission.identity, self.settings.max_queued_messages)
+        self.sessions.add(state)
+        return state, False
+
+    def _take_over(self, old: Session, now: float) -> None:
+        """A new connection claims ``old``'s client id: close ``old`` as if its link broke."""
+        log.info("client.taken_over", client_id=old.client_id, peer=old.link.peer)
+        old.link.close(ReasonCode.SESSION_TAKEN_OVER)
+        self._connection_ended(old, now)
+
+    def connection_lost(self, session: Session, now: float) -> None:
+        """The transport's connection ended (for any reason, DISCONNECT included)."""
+        if not session.attached:  # taken over, or the server already let it go
+            session.open = False
+            return
+        log.info("client.disconnected", client_id=session.client_id, peer=session.link.peer)
+        self._connection_ended(session, now)
+
+    def _connection_ended(self, connection: Session, now: float) -> None:
+        """Unbind ``connection``: its will, then the session ends or waits offline."""
+        connection.open = False
+        state = connection.state
+        if state.connection is not connection:
+            return
+        state.connection = None
+        self.stats.clients_connected -= 1
+        will, connection.will = connection.will, None
+        if will is not None:
+            delay = 0
+            if connection.protocol_version >= _V5:
+                delay = will.properties.will_delay_interval or 0
+            if delay > 0 and state.expiry_interval > 0:
+                self.wills.schedule(state.client_id, will, now + delay)
+            else:
+                self._publish_will(state.client_id, will, now)
+        if state.expiry_interval == 0:
+            self._end_session(state, now)
+        else:
+            self.sessions.go_offline(state, now)
+            self.router.redistribute(state, now, ending=False)
+
+    def _end_session(self, state: SessionState, now: float) -> None:
+        """Discard an offline session; a delayed will still pending is published now."""
+        self.sessions.remove(state)
+        self.subscriptions.remove_client(state.client_id)
+        self._refresh_counts()
+        self.router.redistribute(state, now, ending=True)
+        will = self.wills.take(state.client_id)
+        if will is not None:
+            self._publish_will(state.client_id, will, now)
+
+    def _publish_will(self, client_id: str, will: Will, now: float) -> None:
+        log.debug("will.published", client_id=client_id, topic=will.topic)
+        self.router.publish(message_from_will(will, client_id, now), now)
+
+    def _refresh_counts(self) -> None:
+        self.stats.clients_total = len(self.sessions)
+        self.stats.subscriptions_count = len(self.subscriptions)
+
+    # -- packets -----------------------------------------------------------------------
+
+    def receive(self, session: Session, packet: Packet, now: float) -> None:
+        """Handle one packet from a connected client (one switch on the packet type)."""
+        if not session.open or not session.attached:
+            return
+        self.stats.messages_received += 1
+        router = self.router
+        match packet:
+            case Publish():
+                self._on_publish(session, packet, now)
+            case Puback():
+                router.on_puback(session, packet.packet_id, now)
+            case Pubrec():
+                router.on_pubrec(session, packet.packet_id, packet.reason_code, now)
+            case Pubrel():
+                self._on_pubrel(session, packet)
+            case Pubcomp():
+                router.on_pubcomp(session, packet.packet_id, now)
+            case Subscribe():
+                self._on_subscribe(session, packet, now)
+            case Unsubscribe():
+                self._on_unsubscribe(session, packet)
+            case Pingreq():
+                router.send(session, Pingresp())
+            case Disconnect():
+                self._on_disconnect(session, packet)
+            case _:  # CONNECT again, AUTH without a method, or a server-to-client packet
+                self._protocol_error(session, ReasonCode.PROTOCOL_ERROR)
+
+    def _protocol_error(self, session: Session, reason: int) -> None:
+        """Close the connection for a protocol error; its will is published (§3.1.2.5)."""
+        log.info("client.protocol_error", client_id=session.client_id, reason=reason)
+        session.open = False
+        session.link.close(reason if session.protocol_version >= _V5 else None)
+
+    def _problem(self, session: Session, text: str) -> Properties:
+        """A reason string for an error answer, if the client wants them."""
+        if session.protocol_version >= _V5 and session.problem_information:
+            return Properties(reason_string=text)
+        return NO_PROPERTIES
+
+    def _on_publish(self, session: Session, packet: Publish, now: float) -> None:
+        self.stats.publish_messages_received += 1
+        if packet.qos > self.settings.max_qos:
+            self._protocol_error(session, ReasonCode.QOS_NOT_SUPPORTED)
+            return
+        if packet.retain and not self.settings.retain_available:
+            self._protocol_error(session, ReasonCode.RETAIN_NOT_SUPPORTED)
+            return
+        packet_id = packet.packet_id
+        if packet.qos and packet_id is None:
+            self._protocol_error(session, ReasonCode.PROTOCOL_ERROR)
+            return
+        state = session.state
+        if packet.qos == 2 and packet_id in state.inbound_qos2:
+            self.router.send(session, Pubrec(packet_id))  # a resend: routed the first time
+            return
+        allowed = not is_broker_topic(packet.topic) and self.policy.may_publish(
+            session.identity, packet.topic
+        )
+        matched = 0
+        if allowed:
+            message = message_from_publish(packet, state.client_id, now)
+            matched = self.router.publish(message, now)
+        else:
+            log.debug("publish.denied", client_id=state.client_id, topic=packet.topic)
+        if packet_id is None:
+            return
+        code, props = ReasonCode.SUCCESS, NO_PROPERTIES
+        if session.protocol_version >= _V5:
+            if not allowed:
+                code, props = (
+                    ReasonCode.NOT_AUTHORIZED,
+                    self._problem(session, _NOT_AUTHORIZED_TEXT),
+                )
+            elif not matched:
+                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+        if packet.qos == 1:
+            self.router.send(session, Puback(packet_id, code, props))
+            return
+        if code < ReasonCode.UNSPECIFIED_ERROR:
+            state.inbound_qos2.add(packet_id)
+        self.router.send(session, Pubrec(packet_id, code, props))
+
+    def _on_pubrel(self, session: Session, packet: Pubrel) -> None:
+        received = session.state.inbound_qos2
+        code = ReasonCode.SUCCESS
+        if packet.packet_id in received:
+            received.discard(packet.packet_id)
+        elif session.protocol_version >= _V5:
+            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+        self.router.send(session, Pubcomp(packet.packet_id, code))
+
+    def _on_subscribe(self, session: Session, packet: Subscribe, now: float) -> None:
+        identifiers = packet.properties.subscription_identifiers
+        identifier = identifiers[0] if identifiers else None
+        if identifier is not None and not self.settings.subscription_identifier_available:
+            self._protocol_error(session, ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+            return
+        for sub in packet.subscriptions:
+            if sub.no_local and sub.topic_filter.startswith(SHARE_PREFIX):
+                self._protocol_error(session, ReasonCode.PROTOCOL_ERROR)  # §3.8.3.1
+                return
+        codes: list[int] = []
+        retained: list[tuple[str, int]] = []
+        for sub in packet.subscriptions:
+            code, send_retained = self._subscribe_one(session, sub, identifier)
+            codes.append(code)
+            if send_retained:
+                retained.append((sub.topic_filter, code))
+        self._refresh_counts()
+        self.router.send(session, Suback(packet.packet_id, tuple(codes)))
+        for topic_filter, qos in retained:
+            self.router.send_retained(session, topic_filter, qos, identifier, now)
+
+    def _subscribe_one(
+        self, session: Session, sub: Subscription, identifier: int | None
+    ) -> tuple[int, bool]:
+        """SUBACK code for one filter, and whether its retained messages are due."""
+        v5 = session.protocol_version >= _V5
+        settings = self.settings
+        try:
+            validate_topic_filter(sub.topic_filter)
+        except ProtocolError as exc:
+            return (exc.reason if v5 else _SUBACK_FAILURE_V311), False
+        share, topic_filter = parse_shared(sub.topic_filter)
+        refusal: int | None = None
+        if share is not None and not settings.shared_subscription_available:
+            refusal = ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+        elif is_wildcard(topic_filter) and not settings.wildcard_subscription_available:
+            refusal = ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+        elif not self.policy.may_subscribe(session.identity, topic_filter):
+            refusal = ReasonCode.NOT_AUTHORIZED
+        if refusal is not None:
+            log.debug("subscribe.refused", client_id=session.client_id, reason=refusal)
+            return (refusal if v5 else _SUBACK_FAILURE_V311), False
+        granted = min(sub.qos, settings.max_qos)
+        entry = SubscriptionEntry(session.client_id, replace(sub, qos=granted), identifier)
+        is_new = self.subscriptions.add(entry)
+        handling = sub.retain_handling
+        return granted, share is None and (handling == 0 or (handling == 1 and is_new))
+
+    def _on_unsubscribe(self, session: Session, packet: Unsubscribe) -> None:
+        codes: list[int] = []
+        for topic_filter in packet.topic_filters:
+            try:
+                validate_topic_filter(topic_filter)
+            except ProtocolError as exc:
+                codes.append(exc.reason)
+                continue
+            removed = self.subscriptions.remove(session.client_id, topic_filter)
+            codes.append(ReasonCode.SUCCESS if removed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        self._refresh_counts()
+        v5 = session.protocol_version >= _V5
+        self.router.send(session, Unsuback(packet.packet_id, tuple(codes) if v5 else ()))
+
+    def _on_disconnect(self, session: Session, packet: Disconnect) -> None:
+        """Client DISCONNECT: only Normal disconnection (0x00) discards the will (§3.1.2.5)."""
+        if session.protocol_version >= _V5:
+            requested = packet.properties.session_expiry_interval
+            if requested is not None:
+                if session.connect_expiry_interval == 0 and requested > 0:
+                    self._protocol_error(session, ReasonCode.PROTOCOL_ERROR)  # §3.14.2.2.2
+                    return
+                expiry = min(requested, self.settings.max_session_expiry_interval)
+                session.state.expiry_interval = expiry
+        if packet.reason_code == ReasonCode.NORMAL_DISCONNECTION:
+            session.will = None
+        session.open = False
+        session.link.close(None)
+
+    # -- timers ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> float | None:
+        """Fire due wills, expire sessions, publish ``$SYS``; returns the next deadline."""
+        for client_id, will in self.wills.pop_due(now):
+            self._publish_will(client_id, will, now)
+        for state in self.sessions.pop_expired(now):
+            log.info("session.expired", client_id=state.client_id)
+            self._end_session(state, now)
+        if self.sys_topics.due(now):
+            self._publish_sys(now)
+        deadlines = [
+            deadline
+            for deadline in (
+                self.wills.next_deadline(),
+                self.sessions.next_deadline(),
+                self.sys_topics.next_deadline(),
+            )
+            if deadline is not None
+        ]
+        return min(deadlines, default=None)
+
+    def _publish_sys(self, now: float) -> None:
+        self._refresh_counts()
+        for topic, value in self.sys_topics.collect(now):
+            self.router.publish(Message(topic, value.encode(), 0, True), now)
+
+    def shutdown(self, now: float) -> None:
+        """Server shutdown: every session ends, so every will goes out, then links close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        connections = [s.connection for s in self.sessions if s.connection is not None]
+        for connection in connections:
+            will, connection.will = connection.will, None
+            if will is not None:
+                self._publish_will(connection.client_id, will, now)
+        for client_id, will in self.wills.take_all():
+            self._publish_will(client_id, will, now)
+        for connection in connections:
+            connection.open = False
+            connection.state.connection = None
+            connection.link.close(ReasonCode.SERVER_SHUTTING_DOWN)
+        for state in self.sessions:
+            self.sessions.remove(state)
+            self.subscriptions.remove_client(state.client_id)
+        self.stats.clients_connected = 0
+        self._refresh_counts()
+        log.info("broker.shutdown", closed=len(connections))
+
+
+__all__ = ["Broker", "ClientLink", "Session"]

@@ -1,0 +1,299 @@
+"""Routing: from one published message to the outboxes of the sessions that receive it.
+
+``Router`` owns the retained store, matches the subscription trie once per message, merges
+overlapping subscriptions per client, picks shared-group members, and runs each session's
+outbound QoS 1/2 window (send, queue, acknowledge, resend on resume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from bastion.broker.messages import Delivery, Message, outgoing_publish
+from bastion.broker.retained import RetainedStore
+from bastion.broker.sessions import Session, SessionRegistry, SessionState
+from bastion.broker.stats import BrokerStats
+from bastion.broker.subscriptions import SharedGroup, SubscriptionEntry, SubscriptionTrie
+from bastion.mqtt.packets import Packet, Publish, Pubrel
+from bastion.mqtt.reason_codes import ReasonCode
+from bastion.security.policy import Policy
+
+log = structlog.get_logger("bastion.broker")
+
+_ERROR_THRESHOLD = 0x80  # reason codes from here on are failures that end a flow
+
+
+class _Merged:
+    """The subscriptions of one client that matched one message, merged (§3.3.4)."""
+
+    __slots__ = ("identifiers", "qos", "retain")
+
+    def __init__(self, qos: int, retain: bool, identifier: int | None) -> None:
+        self.qos = qos
+        self.retain = retain
+        self.identifiers: list[int] = [] if identifier is None else [identifier]
+
+    def add(self, qos: int, retain: bool, identifier: int | None) -> None:
+        self.qos = max(self.qos, qos)
+        self.retain = self.retain or retain
+        if identifier is not None:
+            self.identifiers.append(identifier)
+
+
+def live_connection(state: SessionState) -> Session | None:
+    """The open connection of ``state``, if it has one packets can still go out on."""
+    connection = state.connection
+    return connection if connection is not None and connection.open else None
+
+
+class Router:
+    """Routes messages to sessions and drives their outbound flows."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        sessions: SessionRegistry,
+        trie: SubscriptionTrie,
+        retained: RetainedStore[Message],
+        stats: BrokerStats,
+    ) -> None:
+        self.policy = policy
+        self.sessions = sessions
+        self.trie = trie
+        self.retained = retained
+        self.stats = stats
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send(self, connection: Session, packet: Packet) -> bool:
+        """Send ``packet`` on ``connection``'s link and count it; False if it was not sent."""
+        sent = connection.link.send(packet)
+        is_publish = isinstance(packet, Publish)
+        if sent:
+            self.stats.messages_sent += 1
+            if is_publish:
+                self.stats.publish_messages_sent += 1
+        elif is_publish:
+            self.stats.publish_messages_dropped += 1
+        return sent
+
+    # -- routing -----------------------------------------------------------------------
+
+    def publish(self, message: Message, now: float) -> int:
+        """Retain ``message`` if asked and deliver it; returns how many subscribers got it."""
+        if message.retain:
+            self._retain(message)
+        entries, groups = self.trie.match(message.topic)
+        count = self._deliver_direct(message, entries, now) if entries else 0
+        for group in groups:
+            if self._deliver_shared(message, group, now):
+                count += 1
+        return count
+
+    def _retain(self, message: Message) -> None:
+        if message.payload:
+            self.retained.set(message.topic, message)
+        else:
+            self.retained.delete(message.topic)
+        self.stats.retained_count = len(self.retained)
+
+    def _deliver_direct(
+        self, message: Message, entries: list[SubscriptionEntry], now: float
+    ) -> int:
+        merged: dict[str, _Merged] = {}
+        for entry in entries:
+            sub = entry.subscription
+            if sub.no_local and entry.client_id == message.origin:
+                continue
+            qos = min(message.qos, sub.qos)
+            retain = message.retain and sub.retain_as_published
+            seen = merged.get(entry.client_id)
+            if seen is None:
+                merged[entry.client_id] = _Merged(qos, retain, entry.identifier)
+            else:
+                seen.add(qos, retain, entry.identifier)
+        count = 0
+        for client_id, match in merged.items():
+            state = self.sessions.get(client_id)
+            if state is None or not self.policy.may_receive(state.identity, message.topic):
+                continue
+            delivery = Delivery(message, match.qos, match.retain, tuple(match.identifiers))
+            self.deliver(state, delivery, now)
+            count += 1
+        return count
+
+    def _deliver_shared(self, message: Message, group: SharedGroup, now: float) -> bool:
+        entry = self._pick(group, message.topic, exclude=None, offline_too=True)
+        if entry is None:
+            return False
+        state = self.sessions.get(entry.client_id)
+        if state is None:
+            return False
+        self.deliver(state, self._shared_copy(message, entry, group), now)
+        return True
+
+    def _pick(
+        self, group: SharedGroup, topic: str, *, exclude: str | None, offline_too: bool
+    ) -> SubscriptionEntry | None:
+        """One member of ``group`` to receive ``topic``: online ones first."""
+
+        def receiver(online: bool) -> Callable[[str], bool]:
+            def eligible(client_id: str) -> bool:
+                state = self.sessions.get(client_id)
+                return (
+                    state is not None
+                    and client_id != exclude
+                    and (live_connection(state) is not None) == online
+                    and self.policy.may_receive(state.identity, topic)
+                )
+
+            return eligible
+
+        entry = group.pick(receiver(True))
+        if entry is None and offline_too:
+            entry = group.pick(receiver(False))
+        return entry
+
+    @staticmethod
+    def _shared_copy(message: Message, entry: SubscriptionEntry, group: SharedGroup) -> Delivery:
+        sub = entry.subscription
+        identifiers = () if entry.identifier is None else (entry.identifier,)
+        retain = message.retain and sub.retain_as_published
+        return Delivery(message, min(message.qos, sub.qos), retain, identifiers, group)
+
+    def send_retained(
+        self, connection: Session, topic_filter: str, qos: int, identifier: int | None, now: float
+    ) -> None:
+        """Deliver the retained messages matching a new subscription (§3.3.1.3)."""
+        state = connection.state
+        identifiers = () if identifier is None else (identifier,)
+        expired: list[str] = []
+        for topic, message in list(self.retained.match(topic_filter)):
+            if message.is_expired(now):
+                expired.append(topic)
+            elif self.policy.may_receive(state.identity, topic):
+                delivery = Delivery(message, min(message.qos, qos), True, identifiers)
+                self.deliver(state, delivery, now)
+        for topic in expired:
+            self.retained.delete(topic)
+        if expired:
+            self.stats.retained_count = len(self.retained)
+
+    # -- one session's outbound flow ---------------------------------------------------
+
+    def deliver(self, state: SessionState, delivery: Delivery, now: float) -> None:
+        """Send ``delivery`` now if the window allows, else queue it (QoS 0: send or drop)."""
+        connection = live_connection(state)
+        if delivery.qos == 0:
+            if connection is not None and not delivery.message.is_expired(now):
+                packet = outgoing_publish(delivery, None, connection.protocol_version, now)
+                self.send(connection, packet)
+            return
+        outbox = state.outbox
+        if connection is not None and not outbox.queue and len(outbox.inflight) < connection.window:
+            self._start(connection, delivery, now)
+        elif not outbox.enqueue(delivery):
+            purged = outbox.purge_expired(now)
+            self.stats.publish_messages_dropped += purged
+            if not purged or not outbox.enqueue(delivery):
+                self.stats.publish_messages_dropped += 1
+                log.debug("queue.full", client_id=state.client_id, topic=delivery.message.topic)
+
+    def _start(self, connection: Session, delivery: Delivery, now: float) -> None:
+        if delivery.message.is_expired(now):
+            self.stats.publish_messages_dropped += 1
+            return
+        outbox = connection.state.outbox
+        item = outbox.start(delivery)
+        packet = outgoing_publish(delivery, item.packet_id, connection.protocol_version, now)
+        if not self.send(connection, packet):
+            outbox.finish(item.packet_id)  # as if delivered (§3.1.2.11.4)
+
+    def pump(self, state: SessionState, now: float) -> None:
+        """Move queued messages into the inflight window while it has room."""
+        connection = live_connection(state)
+        if connection is None:
+            return
+        outbox = state.outbox
+        while outbox.queue and len(outbox.inflight) < connection.window:
+            self._start(connection, outbox.queue.popleft(), now)
+
+    def resume(self, connection: Session, now: float) -> None:
+        """Resend the unacknowledged flows in their original order, then drain the queue."""
+        outbox = connection.state.outbox
+        for item in list(outbox.inflight.values()):
+            if item.released:
+                self.send(connection, Pubrel(item.packet_id))
+                continue
+            delivery = item.delivery
+            if delivery.qos == 1 and delivery.message.is_expired(now):
+                outbox.finish(item.packet_id)
+                self.stats.publish_messages_dropped += 1
+                continue
+            packet = outgoing_publish(
+                delivery, item.packet_id, connection.protocol_version, now, dup=True
+            )
+            if not self.send(connection, packet):
+                outbox.finish(item.packet_id)
+        self.pump(connection.state, now)
+
+    def on_puback(self, connection: Session, packet_id: int, now: float) -> None:
+        """PUBACK from the client ends a QoS 1 flow; unknown ids are ignored."""
+        outbox = connection.state.outbox
+        item = outbox.inflight.get(packet_id)
+        if item is not None and item.delivery.qos == 1:
+            outbox.finish(packet_id)
+            self.pump(connection.state, now)
+
+    def on_pubrec(self, connection: Session, packet_id: int, reason: int, now: float) -> None:
+        """PUBREC: answer PUBREL, or end the flow if the client refused the message."""
+        outbox = connection.state.outbox
+        item = outbox.inflight.get(packet_id)
+        if item is None or item.delivery.qos != 2:
+            if connection.protocol_version >= 5:
+                self.send(connection, Pubrel(packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+            return
+        if reason >= _ERROR_THRESHOLD:
+            outbox.finish(packet_id)
+            self.pump(connection.state, now)
+            return
+        item.released = True
+        self.send(connection, Pubrel(packet_id))
+
+    def on_pubcomp(self, connection: Session, packet_id: int, now: float) -> None:
+        """PUBCOMP ends a QoS 2 flow that was released; anything else is ignored."""
+        outbox = connection.state.outbox
+        item = outbox.inflight.get(packet_id)
+        if item is not None and item.released:
+            outbox.finish(packet_id)
+            self.pump(connection.state, now)
+
+    # -- shared subscriptions ----------------------------------------------------------
+
+    def redistribute(self, state: SessionState, now: float, *, ending: bool) -> None:
+        """Hand copies ``state`` got through shared subscriptions to other group members.
+
+        On disconnect only online members take them (the rest wait for the client); when the
+        session ends, offline members' queues are used too and what is left is discarded.
+        """
+
+        def move(delivery: Delivery) -> bool:
+            group = delivery.group
+            assert group is not None
+            message = delivery.message
+            if message.is_expired(now):
+                self.stats.publish_messages_dropped += 1
+                return True
+            entry = self._pick(group, message.topic, exclude=state.client_id, offline_too=ending)
+            target = None if entry is None else self.sessions.get(entry.client_id)
+            if entry is None or target is None:
+                return ending
+            self.deliver(target, self._shared_copy(message, entry, group), now)
+            return True
+
+        state.outbox.take_shared(move)
+
+
+__all__ = ["Router", "live_connection"]

@@ -1,0 +1,256 @@
+"""Session state: what survives a network connection (outbox, QoS 2 receipts, expiry).
+
+``SessionState`` is the MQTT Session; ``Session`` is one network connection bound to it
+(the handle the transport holds). ``core.py`` creates and ends them, ``delivery.py`` fills
+their outboxes.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from bastion.broker.links import ClientLink
+from bastion.broker.messages import Delivery
+from bastion.mqtt.packets import Will
+from bastion.security.policy import ClientIdentity
+
+NEVER_EXPIRES = 0xFFFFFFFF  # Session Expiry Interval meaning "the session does not expire"
+MAX_PACKET_ID = 0xFFFF
+
+
+@dataclass(slots=True)
+class Inflight:
+    """An outbound QoS 1/2 PUBLISH waiting for its acknowledgement.
+
+    ``released`` is set once PUBREC arrived and PUBREL went out (QoS 2, waiting for PUBCOMP).
+    """
+
+    packet_id: int
+    delivery: Delivery
+    released: bool = False
+
+
+class Outbox:
+    """The outbound QoS 1/2 flow of one session: the inflight window and the pending queue."""
+
+    __slots__ = ("_max_queued", "_next_id", "_next_purge", "inflight", "queue")
+
+    PURGE_INTERVAL = 1.0  # seconds between scans of a full queue for expired messages
+
+    def __init__(self, max_queued: int) -> None:
+        self.inflight: dict[int, Inflight] = {}  # insertion order = send order
+        self.queue: deque[Delivery] = deque()
+        self._max_queued = max_queued
+        self._next_id = 1
+        self._next_purge = float("-inf")
+
+    def start(self, delivery: Delivery) -> Inflight:
+        """Allocate a free packet id for ``delivery`` and record it as inflight."""
+        if len(self.inflight) >= MAX_PACKET_ID:
+            raise RuntimeError("no free packet identifier")
+        packet_id = self._next_id
+        while packet_id in self.inflight:
+            packet_id = packet_id % MAX_PACKET_ID + 1
+        self._next_id = packet_id % MAX_PACKET_ID + 1
+        item = Inflight(packet_id, delivery)
+        self.inflight[packet_id] = item
+        return item
+
+    def finish(self, packet_id: int) -> Inflight | None:
+        """Forget the inflight message ``packet_id`` (its flow is over)."""
+        return self.inflight.pop(packet_id, None)
+
+    def enqueue(self, delivery: Delivery) -> bool:
+        """Queue ``delivery`` behind the others; False (and not queued) when the queue is full."""
+        if len(self.queue) >= self._max_queued:
+            return False
+        self.queue.append(delivery)
+        return True
+
+    def purge_expired(self, now: float) -> int:
+        """Drop queued copies whose message expired; how many (scans at most once a second)."""
+        if now < self._next_purge:
+            return 0
+        self._next_purge = now + self.PURGE_INTERVAL
+        before = len(self.queue)
+        self.queue = deque(d for d in self.queue if not d.message.is_expired(now))
+        return before - len(self.queue)
+
+    def take_shared(self, move: Callable[[Delivery], bool]) -> None:
+        """Offer each copy received through a shared subscription to ``move``, oldest first.
+
+        Copies for which ``move`` returns True leave the outbox. Copies already acknowledged
+        with PUBREC are never offered: the client has the message.
+        """
+        for packet_id, item in list(self.inflight.items()):
+            if item.delivery.group is not None and not item.released and move(item.delivery):
+                del self.inflight[packet_id]
+        if any(d.group is not None for d in self.queue):
+            self.queue = deque(d for d in self.queue if d.group is None or not move(d))
+
+    def __len__(self) -> int:
+        return len(self.inflight) + len(self.queue)
+
+
+class SessionState:
+    """One MQTT Session: survives its network connections until it expires or is discarded."""
+
+    __slots__ = (
+        "client_id",
+        "connection",
+        "expires_at",
+        "expiry_interval",
+        "identity",
+        "inbound_qos2",
+        "outbox",
+    )
+
+    def __init__(self, client_id: str, identity: ClientIdentity, max_queued: int) -> None:
+        self.client_id = client_id
+        self.identity = identity  # of the latest connection; used to authorize deliveries
+        self.expiry_interval = 0
+        self.expires_at: float | None = None  # deadline while offline; None = never
+        self.outbox = Outbox(max_queued)
+        self.inbound_qos2: set[int] = set()  # QoS 2 packet ids received, PUBREL not yet
+        self.connection: Session | None = None
+
+    @property
+    def online(self) -> bool:
+        """True while a network connection is bound to the session."""
+        return self.connection is not None
+
+
+class Session:
+    """One network connection bound to a ``SessionState``: the handle the transport holds.
+
+    ``open`` turns False when the broker closed the link or the connection ended; packets
+    still arriving on it are then ignored.
+    """
+
+    __slots__ = (
+        "connect_expiry_interval",
+        "identity",
+        "keep_alive",
+        "link",
+        "open",
+        "problem_information",
+        "protocol_version",
+        "state",
+        "will",
+        "window",
+    )
+
+    def __init__(
+        self,
+        link: ClientLink,
+        state: SessionState,
+        protocol_version: int,
+        *,
+        window: int,
+        keep_alive: int,
+        problem_information: bool = True,
+    ) -> None:
+        self.link = link
+        self.state = state
+        self.identity = state.identity
+        self.protocol_version = protocol_version
+        self.window = window  # outbound QoS 1/2 messages allowed unacknowledged
+        self.keep_alive = keep_alive
+        self.problem_information = problem_information
+        self.will: Will | None = None
+        self.connect_expiry_interval = state.expiry_interval
+        self.open = True
+
+    @property
+    def client_id(self) -> str:
+        """The session's client identifier (assigned by the broker if the client sent none)."""
+        return self.state.client_id
+
+    @property
+    def attached(self) -> bool:
+        """True while this connection is the one its session is bound to."""
+        return self.state.connection is self
+
+    def __repr__(self) -> str:
+        return f"Session({self.client_id!r}, peer={self.link.peer!r}, open={self.open})"
+
+
+class SessionRegistry:
+    """Every session by client id, with the expiry deadlines of the offline ones."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, SessionState] = {}
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._seq = 0
+
+    def get(self, client_id: str) -> SessionState | None:
+        return self._by_id.get(client_id)
+
+    def __contains__(self, client_id: str) -> bool:
+        return client_id in self._by_id
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[SessionState]:
+        return iter(list(self._by_id.values()))
+
+    def add(self, state: SessionState) -> None:
+        self._by_id[state.client_id] = state
+
+    def remove(self, state: SessionState) -> None:
+        if self._by_id.get(state.client_id) is state:
+            del self._by_id[state.client_id]
+
+    def go_offline(self, state: SessionState, now: float) -> None:
+        """Start the expiry clock of ``state``, whose connection just ended."""
+        if state.expiry_interval >= NEVER_EXPIRES:
+            state.expires_at = None
+            return
+        state.expires_at = now + state.expiry_interval
+        self._seq += 1
+        heapq.heappush(self._deadlines, (state.expires_at, self._seq, state.client_id))
+        if len(self._deadlines) > 2 * len(self._by_id) + 64:
+            self._compact()
+
+    def pop_expired(self, now: float) -> list[SessionState]:
+        """Offline sessions whose expiry deadline is ``now`` or earlier (removed from the heap)."""
+        expired: list[SessionState] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, _, client_id = heapq.heappop(self._deadlines)
+            state = self._valid(deadline, client_id)
+            if state is not None:
+                expired.append(state)
+        return expired
+
+    def next_deadline(self) -> float | None:
+        """The earliest pending expiry deadline, if any."""
+        while self._deadlines:
+            deadline, _, client_id = self._deadlines[0]
+            if self._valid(deadline, client_id) is not None:
+                return deadline
+            heapq.heappop(self._deadlines)
+        return None
+
+    def _valid(self, deadline: float, client_id: str) -> SessionState | None:
+        state = self._by_id.get(client_id)
+        if state is None or state.online or state.expires_at != deadline:
+            return None
+        return state
+
+    def _compact(self) -> None:
+        self._deadlines = [e for e in self._deadlines if self._valid(e[0], e[2]) is not None]
+        heapq.heapify(self._deadlines)
+
+
+__all__ = [
+    "NEVER_EXPIRES",
+    "Inflight",
+    "Outbox",
+    "Session",
+    "SessionRegistry",
+    "SessionState",
+]
