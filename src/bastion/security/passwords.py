@@ -1,0 +1,354 @@
+"""Password files of ``user:hash`` lines: argon2id for new hashes, Mosquitto ``$6$``/``$7$`` read.
+
+Pure library, file I/O only in ``load``/``save``: ``security.policy`` asks ``verify`` at CONNECT and
+``bastion passwd`` (cli) uses the write side. ``PasswordFile`` documents the format and timing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import argon2
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from bastion.errors import ConfigError
+
+__all__ = [
+    "MAX_PBKDF2_ITERATIONS",
+    "MOSQUITTO_SALT_BYTES",
+    "PasswordFile",
+    "validate_username",
+]
+
+MOSQUITTO_SALT_BYTES = 12
+"""Salt length of ``mosquitto_passwd`` hashes; Mosquitto 2 refuses any other length."""
+
+_SHA512_BYTES = 64
+
+MAX_PBKDF2_ITERATIONS = 10_000_000
+"""Upper bound on ``$7$`` iterations: a larger count would make each login a denial of service."""
+
+_ARGON2ID_PREFIX = "$argon2id$"
+_DUMMY_PASSWORD = b"bastion: no such user"
+
+
+@dataclass(frozen=True, slots=True)
+class _Argon2Hash:
+    encoded: str
+
+
+@dataclass(frozen=True, slots=True)
+class _MosquittoHash:
+    """A decoded ``$6$`` (``iterations`` None: one SHA-512) or ``$7$`` (PBKDF2) hash."""
+
+    encoded: str
+    salt: bytes
+    digest: bytes
+    iterations: int | None
+
+    def matches(self, password: bytes) -> bool:
+        if self.iterations is None:
+            candidate = hashlib.sha512(password + self.salt).digest()
+        else:
+            candidate = hashlib.pbkdf2_hmac(
+                "sha512", password, self.salt, self.iterations, _SHA512_BYTES
+            )
+        return hmac.compare_digest(candidate, self.digest)
+
+
+_Hash = _Argon2Hash | _MosquittoHash
+
+
+def validate_username(username: str) -> None:
+    """Raise ``ValueError`` unless ``username`` can be stored in (and read back from) a file.
+
+    Refused: empty names, ``:`` (the field separator), line breaks and U+0000, a leading
+    ``#`` (the line would read back as a comment) and leading/trailing whitespace (which
+    Mosquitto and Bastion strip when reading).
+    """
+    if not username:
+        raise ValueError("username is empty")
+    if ":" in username:
+        raise ValueError("username contains ':'")
+    if any(ch in username for ch in "\r\n\x00"):
+        raise ValueError("username contains a line break or U+0000")
+    if username.startswith("#"):
+        raise ValueError("username starts with '#'")
+    if username != username.strip():
+        raise ValueError("username has leading or trailing whitespace")
+
+
+def _b64(field: str, what: str, expected_len: int) -> bytes:
+    """Decode strict standard base64 (padding required) of an exact decoded length."""
+    try:
+        raw = base64.b64decode(field.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError(f"{what} is not valid base64") from None
+    if len(raw) != expected_len:
+        raise ValueError(f"{what} must decode to {expected_len} bytes, not {len(raw)}")
+    return raw
+
+
+def _parse_iterations(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise ValueError("iteration count is not a decimal number")
+    iterations = int(text)
+    if not 1 <= iterations <= MAX_PBKDF2_ITERATIONS:
+        raise ValueError(f"iteration count must be between 1 and {MAX_PBKDF2_ITERATIONS}")
+    return iterations
+
+
+def _parse_hash(encoded: str) -> _Hash:
+    """Decode one hash field; ``ValueError`` says what is wrong without quoting the hash."""
+    if not encoded:
+        raise ValueError("password hash is empty")
+    if encoded.startswith(_ARGON2ID_PREFIX):
+        try:
+            argon2.extract_parameters(encoded)
+        except InvalidHashError:
+            raise ValueError("malformed argon2id hash") from None
+        return _Argon2Hash(encoded)
+    fields = encoded.split("$")
+    if fields[0] != "" or len(fields) < 2:
+        raise ValueError("unknown hash scheme (expected $argon2id$, $7$ or $6$)")
+    scheme = fields[1]
+    if scheme == "7":
+        if len(fields) != 5:
+            raise ValueError("$7$ hash must be $7$<iterations>$<salt>$<hash>")
+        iterations: int | None = _parse_iterations(fields[2])
+        salt_b64, digest_b64 = fields[3], fields[4]
+    elif scheme == "6":
+        if len(fields) != 4:
+            raise ValueError("$6$ hash must be $6$<salt>$<hash>")
+        iterations = None
+        salt_b64, digest_b64 = fields[2], fields[3]
+    else:
+        raise ValueError("unknown hash scheme (expected $argon2id$, $7$ or $6$)")
+    salt = _b64(salt_b64, "salt", MOSQUITTO_SALT_BYTES)
+    digest = _b64(digest_b64, "hash", _SHA512_BYTES)
+    return _MosquittoHash(encoded, salt, digest, iterations)
+
+
+class PasswordFile:
+    """The users of one password file, their hashes, and the comment lines between them.
+
+    File format (files made by ``mosquitto_passwd`` load unchanged):
+
+    * one ``username:hash`` per line; blank lines and lines whose first non-blank character
+      is ``#`` are comments, kept verbatim and in place when the file is saved again;
+    * ``$argon2id$v=19$m=...,t=...,p=...$<salt>$<tag>`` (argon2-cffi's PHC string), the only
+      kind Bastion writes;
+    * ``$7$<iterations>$<base64 salt>$<base64 hash>``: PBKDF2-HMAC-SHA512 of the password
+      with the 12-byte salt, 64-byte output (``mosquitto_passwd`` 2.x, its default);
+    * ``$6$<base64 salt>$<base64 hash>``: one SHA-512 of ``password || salt`` (12-byte salt;
+      Mosquitto 1.6 and earlier, ``mosquitto_passwd -H sha512``).
+
+    Base64 is the standard alphabet with padding. Whitespace around the username and the hash
+    is ignored, as Mosquitto does. Duplicate users are an error (Mosquitto keeps both).
+
+    Timing: ``verify`` always costs about one argon2id verification. An unknown user is
+    checked against a dummy argon2id hash, and a ``$6$``/``$7$`` check is padded with the same
+    dummy verification, so neither the answer nor (to the precision of argon2's own cost) the
+    time tells an unknown user from a wrong password. Digests are compared with
+    ``hmac.compare_digest``.
+
+    New hashes use argon2-cffi's defaults, which are RFC 9106's second recommended
+    ("low-memory") profile: argon2id, t=3, m=64 MiB, p=4, 16-byte salt, 32-byte tag (about
+    50 ms per hash or check). Pass another ``argon2.PasswordHasher`` to change them (tests use
+    ``argon2.profiles.CHEAPEST``). A ``$6$``/``$7$`` user, or one hashed with other argon2
+    parameters, ``needs_rehash``: the caller may store a new hash after a successful login.
+    """
+
+    def __init__(self, hasher: argon2.PasswordHasher | None = None) -> None:
+        self._hasher = hasher if hasher is not None else argon2.PasswordHasher()
+        self._hashes: dict[str, _Hash] = {}
+        # File order: a comment/blank line kept verbatim, or (None, username) for a user line.
+        self._lines: list[tuple[str | None, str | None]] = []
+        self._dummy = self._hasher.hash(_DUMMY_PASSWORD)
+
+    # -- reading -----------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], hasher: argon2.PasswordHasher | None = None
+    ) -> PasswordFile:
+        """Read a password file; ``ConfigError`` names ``file:line`` and the problem."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read password file {os.fspath(path)}: {exc.strerror}"
+            ) from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(f"{os.fspath(path)}:{line}: not valid UTF-8") from None
+        return cls.parse(text, source=os.fspath(path), hasher=hasher)
+
+    @classmethod
+    def parse(
+        cls, text: str, source: str = "<password file>", hasher: argon2.PasswordHasher | None = None
+    ) -> PasswordFile:
+        """Parse the text of a password file; ``source`` names it in error messages."""
+        result = cls(hasher)
+        first_seen: dict[str, int] = {}
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()  # the file's final newline
+        for number, raw_line in enumerate(lines, start=1):
+            raw = raw_line.removesuffix("\r")
+            stripped = raw.strip()
+            if not stripped or stripped.startswith("#"):
+                result._lines.append((raw, None))
+                continue
+            where = f"{source}:{number}"
+            user_field, colon, hash_field = raw.partition(":")
+            if not colon:
+                raise ConfigError(f"{where}: expected 'username:hash' (no ':' found)")
+            username = user_field.strip()
+            if not username:
+                raise ConfigError(f"{where}: empty username")
+            if username in first_seen:
+                raise ConfigError(
+                    f"{where}: user {username!r} is already defined on line {first_seen[username]}"
+                )
+            try:
+                parsed = _parse_hash(hash_field.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{where}: user {username!r}: {exc}") from None
+            first_seen[username] = number
+            result._hashes[username] = parsed
+            result._lines.append((None, username))
+        return result
+
+    def __contains__(self, username: object) -> bool:
+        return username in self._hashes
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def __iter__(self) -> Iterator[str]:
+        """Usernames in file order."""
+        return iter(list(self._hashes))
+
+    # -- checking ----------------------------------------------------------------------
+
+    def verify(self, username: str, password: bytes) -> bool:
+        """True only if ``username`` exists and ``password`` matches its hash."""
+        entry = self._hashes.get(username)
+        if isinstance(entry, _Argon2Hash):
+            return self._argon2_verify(entry.encoded, password)
+        # Unknown user or a cheap legacy hash: spend one argon2id verification either way.
+        self._argon2_verify(self._dummy, password)
+        if entry is None:
+            return False
+        return entry.matches(password)
+
+    def _argon2_verify(self, encoded: str, password: bytes) -> bool:
+        try:
+            return self._hasher.verify(encoded, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, username: str) -> bool:
+        """Should this user's hash be replaced (legacy scheme or weaker argon2 parameters)?
+
+        False for an unknown user.
+        """
+        entry = self._hashes.get(username)
+        if entry is None:
+            return False
+        if isinstance(entry, _MosquittoHash):
+            return True
+        return self._hasher.check_needs_rehash(entry.encoded)
+
+    def scheme(self, username: str) -> str | None:
+        """``"argon2id"``, ``"sha512-pbkdf2"`` ($7$), ``"sha512"`` ($6$), or None if unknown."""
+        entry = self._hashes.get(username)
+        if entry is None:
+            return None
+        if isinstance(entry, _Argon2Hash):
+            return "argon2id"
+        return "sha512" if entry.iterations is None else "sha512-pbkdf2"
+
+    # -- writing -----------------------------------------------------------------------
+
+    def set(self, username: str, password: bytes) -> None:
+        """Add or replace ``username`` with a fresh argon2id hash of ``password``.
+
+        ``ValueError`` if the username cannot be stored (see ``validate_username``).
+        """
+        validate_username(username)
+        encoded = self._hasher.hash(password)
+        if username not in self._hashes:
+            self._lines.append((None, username))
+        self._hashes[username] = _Argon2Hash(encoded)
+
+    def delete(self, username: str) -> bool:
+        """Remove ``username``; False if there was no such user."""
+        if self._hashes.pop(username, None) is None:
+            return False
+        self._lines = [line for line in self._lines if line[1] != username]
+        return True
+
+    def dumps(self) -> str:
+        """The file's text: comments where they were, users in order, newline-terminated."""
+        out: list[str] = []
+        for comment, username in self._lines:
+            if username is None:
+                out.append(comment or "")
+            else:
+                out.append(f"{username}:{self._hashes[username].encoded}")
+        return "".join(f"{line}\n" for line in out)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the file atomically, mode 0600: temp file in the same directory, fsync, rename.
+
+        A reader sees the old file or the new one, never a mix; ``ConfigError`` on failure
+        (the old file is then untouched).
+        """
+        target = Path(path)
+        directory = target.parent
+        payload = self.dumps().encode("utf-8")
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise ConfigError(f"cannot write password file {target}: {exc.strerror}") from None
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, target)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+            if isinstance(exc, OSError):
+                raise ConfigError(f"cannot write password file {target}: {exc.strerror}") from None
+            raise
+        _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable; best effort (not every platform can open a directory)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
