@@ -1,15 +1,21 @@
 """The one security policy every front (MQTT now; CoAP and HTTP later) consults.
 
-The broker core asks it: may this client connect, publish here, subscribe to this filter,
-receive this message? This first version knows only "anonymous allowed or not" and allows
-every authorised operation; the hardening issue adds passwords, certificates, ACLs and limits
-behind the same questions.
+Fronts ask it the same questions: may this client connect (``authenticate``), publish
+here, subscribe to this filter, receive this message? Answers come from the password file,
+the client certificate and the compiled ACL (``passwords.py``, ``acl.py``); ``reload``
+swaps them atomically (SIGHUP). Nothing here does I/O except the password hash check,
+which is deliberately slow and so is run off the event loop by the transport.
 """
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+from bastion.security.acl import Access, AclDecision, AclRules, ClientAcl
+from bastion.security.passwords import PasswordFile
 
 
 class Decision(Enum):
@@ -22,11 +28,17 @@ class Decision(Enum):
 
 @dataclass(frozen=True, slots=True)
 class ClientIdentity:
-    """Who a connection is, once authenticated."""
+    """Who a connection is, once authenticated.
+
+    ``username`` is None for anonymous clients, and also for a username that could not be
+    verified (no password file, anonymous access on): an unverified name never picks up
+    that user's ACL rules.
+    """
 
     client_id: str
     username: str | None
     peer: str  # "host:port" of the remote end, for logs and per-IP limits
+    certificate: str | None = None  # identity taken from a verified client certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,44 +50,140 @@ class AuthResult:
     message: str = ""
 
 
-# MQTT 5 reason codes used here (kept local: security sits below the MQTT codec helpers).
+# MQTT 5 reason codes used here (security sits beside, not above, the MQTT package).
 _NOT_AUTHORIZED = 0x87
 _BAD_USER_NAME_OR_PASSWORD = 0x86
+_CLIENT_IDENTIFIER_NOT_VALID = 0x85
+
+_OPEN = AclDecision(True, "no ACL configured and anonymous access on (development mode)")
+_CLOSED = AclDecision(False, None)
 
 
 class Policy:
-    """Authentication and authorization decisions for every front."""
+    """Authentication and authorization decisions for every front.
 
-    def __init__(self, *, allow_anonymous: bool) -> None:
+    ACL modes: with an ACL (file or TOML), every operation is checked against it, deny by
+    default. Without one, the broker is *open* only in development mode
+    (``allow_anonymous``); otherwise every topic operation is denied.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_anonymous: bool = False,
+        passwords: PasswordFile | None = None,
+        acl: AclRules | None = None,
+        use_certificate_identity: bool = False,
+        client_id_patterns: Sequence[str] = (),
+    ) -> None:
         self.allow_anonymous = allow_anonymous
+        self.use_certificate_identity = use_certificate_identity
+        self.client_id_patterns = tuple(client_id_patterns)
+        self._passwords = passwords
+        self._acl = acl
+        self._bound: dict[tuple[str | None, str], ClientAcl] = {}
+
+    # -- configuration -------------------------------------------------------------
+
+    @property
+    def passwords(self) -> PasswordFile | None:
+        return self._passwords
+
+    @property
+    def acl(self) -> AclRules | None:
+        return self._acl
+
+    @property
+    def open_access(self) -> bool:
+        """True when no ACL is configured and anonymous access is on (development)."""
+        return self._acl is None and self.allow_anonymous
+
+    def reload(self, *, passwords: PasswordFile | None, acl: AclRules | None) -> None:
+        """Swap in freshly loaded credentials and rules; compiled per-client ACLs are dropped."""
+        self._passwords = passwords
+        self._acl = acl
+        self._bound.clear()
+
+    # -- authentication ------------------------------------------------------------
 
     def authenticate(
-        self, client_id: str, username: str | None, password: bytes | None, peer: str
+        self,
+        client_id: str,
+        username: str | None,
+        password: bytes | None,
+        peer: str,
+        certificate_identity: str | None = None,
     ) -> AuthResult:
-        """Decide whether a client may connect."""
-        if username is None and password is None:
+        """Decide whether a client may connect (slow on purpose when a password is checked)."""
+        if certificate_identity is not None and self.use_certificate_identity:
+            return self._admit_client_id(
+                ClientIdentity(client_id, certificate_identity, peer, certificate_identity)
+            )
+        if username is None:
+            if password is not None:
+                return AuthResult(_BAD_USER_NAME_OR_PASSWORD, message="password without username")
             if self.allow_anonymous:
-                return AuthResult(0, ClientIdentity(client_id, None, peer))
+                return AuthResult(0, ClientIdentity(client_id, None, peer, certificate_identity))
             return AuthResult(_NOT_AUTHORIZED, message="anonymous access is disabled")
-        if self.allow_anonymous:
-            # No credential store is configured yet: credentials cannot be verified, so
-            # they are ignored exactly as anonymous access would be.
-            return AuthResult(0, ClientIdentity(client_id, username, peer))
-        return AuthResult(
-            _BAD_USER_NAME_OR_PASSWORD, message="no password file configured to verify credentials"
+        if self._passwords is None:
+            if self.allow_anonymous:
+                # Nothing to verify the name against: treat the client as anonymous.
+                return AuthResult(0, ClientIdentity(client_id, None, peer, certificate_identity))
+            return AuthResult(_BAD_USER_NAME_OR_PASSWORD, message="no password file is configured")
+        if not self._passwords.verify(username, password or b""):
+            return AuthResult(_BAD_USER_NAME_OR_PASSWORD, message="bad username or password")
+        return self._admit_client_id(
+            ClientIdentity(client_id, username, peer, certificate_identity)
         )
+
+    def _admit_client_id(self, identity: ClientIdentity) -> AuthResult:
+        """Apply the client-id rules: an authenticated user may use only matching ids."""
+        if not self.client_id_patterns or identity.username is None:
+            return AuthResult(0, identity)
+        for pattern in self.client_id_patterns:
+            if _client_id_matches(pattern, identity.username, identity.client_id):
+                return AuthResult(0, identity)
+        allowed = ", ".join(self.client_id_patterns)
+        return AuthResult(
+            _CLIENT_IDENTIFIER_NOT_VALID,
+            message=f"client id not allowed for this user (allowed: {allowed})",
+        )
+
+    # -- authorization -------------------------------------------------------------
+
+    def check(self, identity: ClientIdentity, topic: str, access: Access) -> AclDecision:
+        """The ACL decision (with the rule that decided) for one operation."""
+        if self._acl is None:
+            return _OPEN if self.allow_anonymous else _CLOSED
+        key = (identity.username, identity.client_id)
+        bound = self._bound.get(key)
+        if bound is None:
+            if len(self._bound) >= 100_000:
+                self._bound.clear()
+            bound = self._bound[key] = self._acl.bind(identity.username, identity.client_id)
+        return bound.check(topic, access)
 
     def may_publish(self, identity: ClientIdentity, topic: str) -> bool:
         """May this client publish (or leave a will) on ``topic``?"""
-        return True
+        return self.check(identity, topic, "write").allowed
 
     def may_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
         """May this client subscribe to ``topic_filter``?"""
-        return True
+        return self.check(identity, topic_filter, "subscribe").allowed
 
     def may_receive(self, identity: ClientIdentity, topic: str) -> bool:
         """May this client receive a message published on ``topic``?"""
-        return True
+        return self.check(identity, topic, "read").allowed
+
+    def forget(self, identity: ClientIdentity) -> None:
+        """Drop the compiled ACL of a client that has gone (keeps the cache small)."""
+        self._bound.pop((identity.username, identity.client_id), None)
+
+
+def _client_id_matches(pattern: str, username: str, client_id: str) -> bool:
+    """Glob match (``*`` and ``?``) of a client id against a pattern with ``%u`` filled in."""
+    escaped = "".join(f"[{ch}]" if ch in "*?[" else ch for ch in username)
+    return fnmatch.fnmatchcase(client_id, pattern.replace("%u", escaped))
 
 
 __all__ = ["AuthResult", "ClientIdentity", "Decision", "Policy"]
