@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from bastion import __version__
+from bastion.cli.pki import pki_group
 from bastion.cli.serve import serve
 
 __all__ = ["main"]
@@ -21,3 +22,4 @@ def main() -> None:
 
 
 main.add_command(serve)
+main.add_command(pki_group)
