@@ -20,6 +20,7 @@ from bastion.mqtt.packets import (
     Disconnect,
     Packet,
     PacketType,
+    Properties,
     ProtocolVersion,
     Puback,
     Pubcomp,
@@ -31,6 +32,7 @@ from bastion.mqtt.packets import (
 )
 from bastion.mqtt.reason_codes import ReasonCode
 from bastion.mqtt.topics import validate_topic_name
+from bastion.mqtt.wire import InvalidUtf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +40,14 @@ class ProtocolViolation:
     """The peer broke the protocol; the connection must end.
 
     ``reason`` is the MQTT 5 reason code to answer with. ``during_connect`` tells the
-    transport to answer with CONNACK (if at all) rather than DISCONNECT.
+    transport to answer with CONNACK (if at all) rather than DISCONNECT. ``invalid_utf8``
+    marks a string field that was not well-formed UTF-8 or carried U+0000 (reason 0x81).
     """
 
     reason: int
     message: str
     during_connect: bool
+    invalid_utf8: bool = False
 
 
 Event = Packet | ProtocolViolation
@@ -102,6 +106,15 @@ class MqttConnection:
         """Feed bytes from the network; return the complete packets (or one violation)."""
         if self.failed:
             return []
+        if self.connect is None and data and not self._reader.buffered:
+            if data[0] >> 4 != PacketType.CONNECT:
+                # Reject at the first byte: no need to wait for a frame that is not MQTT.
+                self.failed = True
+                return [
+                    ProtocolViolation(
+                        ReasonCode.PROTOCOL_ERROR, "the first packet must be CONNECT", True
+                    )
+                ]
         self._reader.feed(data)
         events: list[Event] = []
         try:
@@ -112,7 +125,11 @@ class MqttConnection:
                 events.append(self._handle_frame(frame[0], frame[1]))
         except ProtocolError as exc:
             self.failed = True
-            events.append(ProtocolViolation(exc.reason, exc.message, self.connect is None))
+            events.append(
+                ProtocolViolation(
+                    exc.reason, exc.message, self.connect is None, isinstance(exc, InvalidUtf8)
+                )
+            )
         return events
 
     def _handle_frame(self, first_byte: int, body: bytes) -> Packet:
@@ -141,6 +158,7 @@ class MqttConnection:
         self.version = packet.protocol_version
         if packet.will is not None:
             validate_topic_name(packet.will.topic)
+            _check_response_topic(packet.will.properties)
         props = packet.properties
         self.client_maximum_packet_size = props.maximum_packet_size
         if self._assign_aliases and props.topic_alias_maximum:
@@ -153,6 +171,7 @@ class MqttConnection:
         if alias is not None:
             packet = self._resolve_alias(packet, alias)
         validate_topic_name(packet.topic)
+        _check_response_topic(packet.properties)
         if packet.qos and self.version == ProtocolVersion.MQTT_5:
             pid = packet.packet_id
             assert pid is not None
@@ -264,6 +283,17 @@ class MqttConnection:
         if violation.during_connect:
             return codec.encode(Connack(reason_code=violation.reason), ProtocolVersion.MQTT_5)
         return codec.encode(Disconnect(reason_code=violation.reason), ProtocolVersion.MQTT_5)
+
+
+def _check_response_topic(props: Properties) -> None:
+    """A Response Topic is a topic name: no wildcards, not empty (§3.3.2.3.5, 0x82)."""
+    topic = props.response_topic
+    if topic is None:
+        return
+    try:
+        validate_topic_name(topic)
+    except ProtocolError as exc:
+        raise ProtocolError("response " + exc.message, ReasonCode.PROTOCOL_ERROR) from None
 
 
 def _peek_protocol_level(body: bytes) -> int | None:

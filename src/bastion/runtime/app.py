@@ -78,6 +78,7 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
     for server in servers:
         server.close()
     broker.shutdown(time.monotonic())
+    registry.close_all()
     await _drain(registry)
     ticker.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -164,6 +164,10 @@ class MqttClientProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def abort_quietly(self) -> None:
+        """Close without a DISCONNECT (server shutdown of a connection with no session)."""
+        self._shutdown_transport()
+
     def check_timeouts(self, now: float) -> None:
         """Enforce the CONNECT deadline and keep alive (1.5 x the negotiated interval)."""
         if self._closing:
@@ -196,6 +200,11 @@ class ConnectionRegistry:
     def check_timeouts(self, now: float) -> None:
         for protocol in list(self._live):
             protocol.check_timeouts(now)
+
+    def close_all(self) -> None:
+        """Close every connection still open (after the broker said goodbye to its clients)."""
+        for protocol in list(self._live):
+            protocol.abort_quietly()
 
 
 def protocol_factory(

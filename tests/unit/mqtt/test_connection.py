@@ -234,3 +234,11 @@ def test_no_outbound_aliases_for_v311() -> None:
     conn = _connected(V311)
     data = conn.send(Publish("a/b", b"1"))
     assert data == _wire(Publish("a/b", b"1"), V311)
+
+
+def test_non_mqtt_first_byte_rejected_before_a_whole_frame_arrives() -> None:
+    conn = _conn()
+    v = _violation(conn.receive_data(b"G"))  # "GET / HTTP/1.1" announces a huge "PUBACK"
+    assert v.reason == ReasonCode.PROTOCOL_ERROR
+    assert v.during_connect
+    assert conn.violation_response(v) == b""
