@@ -9,6 +9,8 @@ from __future__ import annotations
 import click
 
 from bastion import __version__
+from bastion.cli.acl import acl_group
+from bastion.cli.passwd import passwd
 from bastion.cli.pki import pki_group
 from bastion.cli.serve import serve
 
@@ -23,3 +25,5 @@ def main() -> None:
 
 main.add_command(serve)
 main.add_command(pki_group)
+main.add_command(passwd)
+main.add_command(acl_group)
