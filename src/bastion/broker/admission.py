@@ -7,14 +7,17 @@ result with ``connack_properties``; nothing here touches session state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bastion.broker.messages import is_broker_topic
+from bastion.broker.securitylog import DEFENCE_OF_RULE
 from bastion.broker.sessions import NEVER_EXPIRES
+from bastion.broker.stats import Defence
 from bastion.config.schema import MqttSettings
 from bastion.mqtt.packets import NO_PROPERTIES, Connect, Properties, ProtocolVersion, Will
 from bastion.mqtt.reason_codes import ReasonCode
-from bastion.security.policy import ClientIdentity, Policy
+from bastion.security.policy import AuthResult, ClientIdentity, Policy
+from bastion.security.validation import MessageRules
 
 MQTT_3_1_MAX_CLIENT_ID = 23  # MQTT 3.1 (protocol level 3) refuses longer identifiers
 DEFAULT_RECEIVE_MAXIMUM = 65535  # the client's Receive Maximum when it sends none
@@ -22,10 +25,14 @@ DEFAULT_RECEIVE_MAXIMUM = 65535  # the client's Receive Maximum when it sends no
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A CONNECT that is refused: the CONNACK reason code and a reason for people."""
+    """A CONNECT that is refused: the CONNACK reason code and a reason for people.
+
+    ``defence`` names the check that refused it, when the refusal is a security event.
+    """
 
     reason: int
     message: str
+    defence: Defence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +56,15 @@ def admit(
     settings: MqttSettings,
     policy: Policy,
     assign_id: Callable[[], str],
+    *,
+    rules: MessageRules,
+    auth: AuthResult | None = None,
 ) -> Admission | Refusal:
-    """Decide whether ``packet`` is accepted, in the order the spec checks (§3.1.4)."""
+    """Decide whether ``packet`` is accepted, in the order the spec checks (§3.1.4).
+
+    ``auth`` is the answer of ``policy.authenticate`` when the transport already asked it
+    (off the event loop: password hashing is slow on purpose); otherwise it is asked here.
+    """
     v5 = packet.protocol_version >= ProtocolVersion.MQTT_5
     props = packet.properties
     if v5 and props.authentication_method is not None:
@@ -70,12 +84,14 @@ def admit(
         limit = min(limit, MQTT_3_1_MAX_CLIENT_ID)
     if len(client_id.encode("utf-8", "surrogatepass")) > limit:
         return Refusal(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client identifier is too long")
-    result = policy.authenticate(client_id, packet.username, packet.password, peer)
+    result = auth or policy.authenticate(client_id, packet.username, packet.password, peer)
     if result.reason_code:
         return Refusal(result.reason_code, result.message or "not authorized")
     identity = result.identity or ClientIdentity(client_id, packet.username, peer)
+    if identity.client_id != client_id:  # authenticated before the id was assigned
+        identity = replace(identity, client_id=client_id)
     if packet.will is not None:
-        refusal = check_will(packet.will, identity, settings, policy)
+        refusal = check_will(packet.will, identity, settings, policy, rules)
         if refusal is not None:
             return refusal
     expiry, requested = session_expiry(packet, settings)
@@ -95,9 +111,22 @@ def admit(
 
 
 def check_will(
-    will: Will, identity: ClientIdentity, settings: MqttSettings, policy: Policy
+    will: Will,
+    identity: ClientIdentity,
+    settings: MqttSettings,
+    policy: Policy,
+    rules: MessageRules,
 ) -> Refusal | None:
-    """Refuse a will the client could not publish as a message (§3.1.2.5 - §3.1.2.7)."""
+    """Refuse a will the client could not publish as a message (§3.1.2.5 - §3.1.2.7).
+
+    The content rules come first: a topic over the limits (0x90), a payload over
+    ``max_message_size`` (0x97) or not UTF-8 although marked so (0x99, §3.1.3.2.3).
+    """
+    rejection = rules.check_message(will.topic, will.payload, will.properties)
+    if rejection is not None:
+        return Refusal(
+            rejection.reason, "will: " + rejection.message, DEFENCE_OF_RULE[rejection.rule]
+        )
     if is_broker_topic(will.topic) or not policy.may_publish(identity, will.topic):
         return Refusal(ReasonCode.NOT_AUTHORIZED, "not authorized to publish the will topic")
     if will.qos > settings.max_qos:

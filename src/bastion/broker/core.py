@@ -2,7 +2,9 @@
 
 The transport calls ``Broker.connect/receive/connection_lost`` through the ``ClientLink``
 seam (``links.py``); the runtime calls ``tick`` and ``shutdown``. Routing lives in
-``delivery.py``, session state in ``sessions.py``, CONNECT checks in ``admission.py``.
+``delivery.py``, inbound PUBLISH/PUBREL in ``inbound.py``, session state in ``sessions.py``,
+CONNECT checks in ``admission.py``; defences report through ``securitylog.py`` to the
+``on_security_event`` sink.
 """
 
 from __future__ import annotations
@@ -21,21 +23,19 @@ from bastion.broker.admission import (
     refusal_properties,
 )
 from bastion.broker.delivery import Router
+from bastion.broker.inbound import InboundPublishes
 from bastion.broker.links import ClientLink
-from bastion.broker.messages import (
-    Message,
-    is_broker_topic,
-    message_from_publish,
-    message_from_will,
-)
+from bastion.broker.messages import Message, message_from_will
 from bastion.broker.retained import RetainedStore
+from bastion.broker.securitylog import SecurityEventSink, SecurityLog
 from bastion.broker.sessions import Session, SessionRegistry, SessionState
-from bastion.broker.stats import BrokerStats
+from bastion.broker.stats import BrokerStats, Defence
 from bastion.broker.subscriptions import SubscriptionEntry, SubscriptionTrie
 from bastion.broker.sys_topics import SysTopics
 from bastion.broker.wills import WillScheduler
 from bastion.config.schema import MqttSettings
 from bastion.errors import ProtocolError
+from bastion.mqtt.connection import ProtocolViolation
 from bastion.mqtt.packets import (
     NO_PROPERTIES,
     Connack,
@@ -44,7 +44,6 @@ from bastion.mqtt.packets import (
     Packet,
     Pingreq,
     Pingresp,
-    Properties,
     ProtocolVersion,
     Puback,
     Pubcomp,
@@ -60,44 +59,76 @@ from bastion.mqtt.packets import (
 )
 from bastion.mqtt.reason_codes import ReasonCode
 from bastion.mqtt.topics import SHARE_PREFIX, is_wildcard, parse_shared, validate_topic_filter
-from bastion.security.policy import Policy
+from bastion.security.policy import AuthResult, ClientIdentity, Policy
 
 log = structlog.get_logger("bastion.broker")
 
 _V5 = ProtocolVersion.MQTT_5
 _SUBACK_FAILURE_V311 = 0x80
-_NOT_AUTHORIZED_TEXT = "not authorized"
+_SUBSCRIPTION_QUOTA = "too many subscriptions (max_subscriptions_per_client)"
 
 
 class Broker:
     """Sessions, routing, wills, expiry and ``$SYS`` of one MQTT server; no I/O of its own."""
 
     def __init__(
-        self, settings: MqttSettings, policy: Policy, *, version: str = __version__
+        self,
+        settings: MqttSettings,
+        policy: Policy,
+        *,
+        version: str = __version__,
+        on_security_event: SecurityEventSink | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
+        self.on_security_event = on_security_event  # the audit sink; may be set later
         self.stats = BrokerStats()
+        self.security = SecurityLog(self.stats, lambda: self.on_security_event)
         self.sessions = SessionRegistry()
         self.subscriptions = SubscriptionTrie()
         self.retained: RetainedStore[Message] = RetainedStore()
         self.wills = WillScheduler()
-        self.router = Router(policy, self.sessions, self.subscriptions, self.retained, self.stats)
+        self.router = Router(
+            policy,
+            self.sessions,
+            self.subscriptions,
+            self.retained,
+            self.stats,
+            security=self.security,
+            max_delivery_attempts=settings.max_delivery_attempts,
+        )
+        self.inbound = InboundPublishes(
+            settings, policy, self.router, self.sessions, security=self.security, close=self._close
+        )
+        self.rules = self.inbound.rules
         self.sys_topics = SysTopics(version, settings.sys_interval, self.stats)
         self._stopped = False
 
     # -- connections -------------------------------------------------------------------
 
-    def connect(self, link: ClientLink, packet: Connect, now: float) -> Session | None:
-        """Admit a CONNECT and answer CONNACK; None (and the link closed) if refused."""
+    def connect(
+        self, link: ClientLink, packet: Connect, now: float, *, auth: AuthResult | None = None
+    ) -> Session | None:
+        """Admit a CONNECT and answer CONNACK; None (and the link closed) if refused.
+
+        ``auth``: the policy's authentication answer, when the transport already has it.
+        """
         self.stats.messages_received += 1
         result: Admission | Refusal
         if self._stopped:
             result = Refusal(ReasonCode.SERVER_UNAVAILABLE, "the server is shutting down")
         else:
-            result = admit(packet, link.peer, self.settings, self.policy, self._new_client_id)
+            result = admit(
+                packet,
+                link.peer,
+                self.settings,
+                self.policy,
+                self._new_client_id,
+                rules=self.rules,
+                auth=auth,
+            )
         if isinstance(result, Refusal):
-            self._refuse(link, packet, result)
+            self._refuse(link, packet, result, now)
             return None
         state, present = self._bind(result, packet.clean_start, now)
         state.identity = result.identity
@@ -138,13 +169,44 @@ class Broker:
             if client_id not in self.sessions:
                 return client_id
 
-    def _refuse(self, link: ClientLink, packet: Connect, refusal: Refusal) -> None:
+    def _refuse(self, link: ClientLink, packet: Connect, refusal: Refusal, now: float) -> None:
         connack = Connack(False, refusal.reason, refusal_properties(refusal, packet))
         if link.send(connack):
             self.stats.messages_sent += 1
         link.close(None)
         log.info(
             "client.refused", client_id=packet.client_id, peer=link.peer, reason=refusal.reason
+        )
+        if refusal.defence is not None:
+            identity = ClientIdentity(packet.client_id, packet.username, link.peer)
+            will = packet.will
+            self.security.report(
+                refusal.defence,
+                identity,
+                now,
+                reason=refusal.reason,
+                detail=refusal.message,
+                topic=None if will is None else will.topic,
+            )
+
+    def protocol_violation(
+        self, session: Session | None, peer: str, violation: ProtocolViolation, now: float
+    ) -> None:
+        """The transport closes a connection whose bytes broke the protocol: count, report.
+
+        ``session`` is None when the connection had no session yet (a bad CONNECT). The
+        transport still calls ``connection_lost`` for the session afterwards.
+        """
+        defence = Defence.PROTOCOL_VIOLATION
+        if violation.invalid_utf8:
+            defence = Defence.INVALID_UTF8
+        self.security.report(
+            defence,
+            None if session is None else session.identity,
+            now,
+            peer=peer,
+            reason=violation.reason,
+            detail=violation.message,
         )
 
     def _bind(
@@ -162,7 +224,14 @@ class Broker:
         if state is not None:
             self.wills.cancel(client_id)  # back before the will delay ran out (§3.1.3.2.2)
             return state, True
-        state = SessionState(client_id, admission.identity, self.settings.max_queued_messages)
+        settings = self.settings
+        state = SessionState(
+            client_id,
+            admission.identity,
+            settings.max_queued_messages,
+            max_queued_bytes=settings.max_queued_bytes,
+            max_inflight_bytes=settings.max_inflight_bytes,
+        )
         self.sessions.add(state)
         return state, False
 
@@ -188,6 +257,7 @@ class Broker:
             return
         state.connection = None
         self.stats.clients_connected -= 1
+        self.security.end_connection(state.client_id)
         will, connection.will = connection.will, None
         if will is not None:
             delay = 0
@@ -207,6 +277,7 @@ class Broker:
         """Discard an offline session; a delayed will still pending is published now."""
         self.sessions.remove(state)
         self.subscriptions.remove_client(state.client_id)
+        self.security.end_session(state.client_id)
         self._refresh_counts()
         self.router.redistribute(state, now, ending=True)
         will = self.wills.take(state.client_id)
@@ -231,13 +302,13 @@ class Broker:
         router = self.router
         match packet:
             case Publish():
-                self._on_publish(session, packet, now)
+                self.inbound.on_publish(session, packet, now)
             case Puback():
                 router.on_puback(session, packet.packet_id, now)
             case Pubrec():
                 router.on_pubrec(session, packet.packet_id, packet.reason_code, now)
             case Pubrel():
-                self._on_pubrel(session, packet)
+                self.inbound.on_pubrel(session, packet)
             case Pubcomp():
                 router.on_pubcomp(session, packet.packet_id, now)
             case Subscribe():
@@ -247,88 +318,46 @@ class Broker:
             case Pingreq():
                 router.send(session, Pingresp())
             case Disconnect():
-                self._on_disconnect(session, packet)
+                self._on_disconnect(session, packet, now)
             case _:  # CONNECT again, AUTH without a method, or a server-to-client packet
-                self._protocol_error(session, ReasonCode.PROTOCOL_ERROR)
+                self._protocol_error(
+                    session, ReasonCode.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}", now
+                )
 
-    def _protocol_error(self, session: Session, reason: int) -> None:
+    def _protocol_error(self, session: Session, reason: int, detail: str, now: float) -> None:
         """Close the connection for a protocol error; its will is published (§3.1.2.5)."""
-        log.info("client.protocol_error", client_id=session.client_id, reason=reason)
+        self.security.report(
+            Defence.PROTOCOL_VIOLATION, session.identity, now, reason=reason, detail=detail
+        )
+        self._close(session, reason)
+
+    def _close(self, session: Session, reason: int) -> None:
+        """Close the connection (DISCONNECT with ``reason`` on MQTT 5); the will goes out."""
+        log.info("client.closed", client_id=session.client_id, reason=f"0x{reason:02X}")
         session.open = False
         session.link.close(reason if session.protocol_version >= _V5 else None)
-
-    def _problem(self, session: Session, text: str) -> Properties:
-        """A reason string for an error answer, if the client wants them."""
-        if session.protocol_version >= _V5 and session.problem_information:
-            return Properties(reason_string=text)
-        return NO_PROPERTIES
-
-    def _on_publish(self, session: Session, packet: Publish, now: float) -> None:
-        self.stats.publish_messages_received += 1
-        if packet.qos > self.settings.max_qos:
-            self._protocol_error(session, ReasonCode.QOS_NOT_SUPPORTED)
-            return
-        if packet.retain and not self.settings.retain_available:
-            self._protocol_error(session, ReasonCode.RETAIN_NOT_SUPPORTED)
-            return
-        packet_id = packet.packet_id
-        if packet.qos and packet_id is None:
-            self._protocol_error(session, ReasonCode.PROTOCOL_ERROR)
-            return
-        state = session.state
-        if packet.qos == 2 and packet_id in state.inbound_qos2:
-            self.router.send(session, Pubrec(packet_id))  # a resend: routed the first time
-            return
-        allowed = not is_broker_topic(packet.topic) and self.policy.may_publish(
-            session.identity, packet.topic
-        )
-        matched = 0
-        if allowed:
-            message = message_from_publish(packet, state.client_id, now)
-            matched = self.router.publish(message, now)
-        else:
-            log.debug("publish.denied", client_id=state.client_id, topic=packet.topic)
-        if packet_id is None:
-            return
-        code, props = ReasonCode.SUCCESS, NO_PROPERTIES
-        if session.protocol_version >= _V5:
-            if not allowed:
-                code, props = (
-                    ReasonCode.NOT_AUTHORIZED,
-                    self._problem(session, _NOT_AUTHORIZED_TEXT),
-                )
-            elif not matched:
-                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
-        if packet.qos == 1:
-            self.router.send(session, Puback(packet_id, code, props))
-            return
-        if code < ReasonCode.UNSPECIFIED_ERROR:
-            state.inbound_qos2.add(packet_id)
-        self.router.send(session, Pubrec(packet_id, code, props))
-
-    def _on_pubrel(self, session: Session, packet: Pubrel) -> None:
-        received = session.state.inbound_qos2
-        code = ReasonCode.SUCCESS
-        if packet.packet_id in received:
-            received.discard(packet.packet_id)
-        elif session.protocol_version >= _V5:
-            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-        self.router.send(session, Pubcomp(packet.packet_id, code))
 
     def _on_subscribe(self, session: Session, packet: Subscribe, now: float) -> None:
         identifiers = packet.properties.subscription_identifiers
         identifier = identifiers[0] if identifiers else None
         if identifier is not None and not self.settings.subscription_identifier_available:
-            self._protocol_error(session, ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+            self._protocol_error(
+                session,
+                ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "subscription identifier sent although not available",
+                now,
+            )
             return
         for sub in packet.subscriptions:
             if sub.no_local and sub.topic_filter.startswith(SHARE_PREFIX):
-                self._protocol_error(session, ReasonCode.PROTOCOL_ERROR)  # §3.8.3.1
+                self._protocol_error(  # §3.8.3.1
+                    session, ReasonCode.PROTOCOL_ERROR, "no local on a shared subscription", now
+                )
                 return
         codes: list[int] = []
         retained: list[tuple[str, int]] = []
         for sub in packet.subscriptions:
-            code, send_retained = self._subscribe_one(session, sub, identifier)
+            code, send_retained = self._subscribe_one(session, sub, identifier, now)
             codes.append(code)
             if send_retained:
                 retained.append((sub.topic_filter, code))
@@ -338,7 +367,7 @@ class Broker:
             self.router.send_retained(session, topic_filter, qos, identifier, now)
 
     def _subscribe_one(
-        self, session: Session, sub: Subscription, identifier: int | None
+        self, session: Session, sub: Subscription, identifier: int | None, now: float
     ) -> tuple[int, bool]:
         """SUBACK code for one filter, and whether its retained messages are due."""
         v5 = session.protocol_version >= _V5
@@ -348,13 +377,9 @@ class Broker:
         except ProtocolError as exc:
             return (exc.reason if v5 else _SUBACK_FAILURE_V311), False
         share, topic_filter = parse_shared(sub.topic_filter)
-        refusal: int | None = None
-        if share is not None and not settings.shared_subscription_available:
-            refusal = ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-        elif is_wildcard(topic_filter) and not settings.wildcard_subscription_available:
-            refusal = ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
-        elif not self.policy.may_subscribe(session.identity, topic_filter):
-            refusal = ReasonCode.NOT_AUTHORIZED
+        refusal = self._subscription_limit(session, sub.topic_filter, now)
+        if refusal is None:
+            refusal = self._subscription_refusal(session, share, topic_filter)
         if refusal is not None:
             log.debug("subscribe.refused", client_id=session.client_id, reason=refusal)
             return (refusal if v5 else _SUBACK_FAILURE_V311), False
@@ -363,6 +388,41 @@ class Broker:
         is_new = self.subscriptions.add(entry)
         handling = sub.retain_handling
         return granted, share is None and (handling == 0 or (handling == 1 and is_new))
+
+    def _subscription_refusal(
+        self, session: Session, share: str | None, topic_filter: str
+    ) -> int | None:
+        """SUBACK code if the server does not offer this kind of filter or the ACL denies it."""
+        settings = self.settings
+        if share is not None and not settings.shared_subscription_available:
+            return ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+        if is_wildcard(topic_filter) and not settings.wildcard_subscription_available:
+            return ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+        if not self.policy.may_subscribe(session.identity, topic_filter):
+            return ReasonCode.NOT_AUTHORIZED
+        return None
+
+    def _subscription_limit(self, session: Session, full_filter: str, now: float) -> int | None:
+        """SUBACK code if the filter breaks a bound: too long or deep, or one too many."""
+        rejection = self.rules.check_topic_filter(full_filter)
+        if rejection is not None:
+            reason, defence, text = rejection.reason, Defence.FILTER_LIMIT, rejection.message
+        elif (
+            self.subscriptions.count_of(session.client_id)
+            >= self.settings.max_subscriptions_per_client
+            and self.subscriptions.get(session.client_id, full_filter) is None
+        ):
+            reason, defence, text = (
+                ReasonCode.QUOTA_EXCEEDED,
+                Defence.SUBSCRIPTION_QUOTA,
+                _SUBSCRIPTION_QUOTA,
+            )
+        else:
+            return None
+        self.security.hit(
+            defence, session.identity, now, reason=reason, detail=text, topic=full_filter
+        )
+        return reason
 
     def _on_unsubscribe(self, session: Session, packet: Unsubscribe) -> None:
         codes: list[int] = []
@@ -378,13 +438,15 @@ class Broker:
         v5 = session.protocol_version >= _V5
         self.router.send(session, Unsuback(packet.packet_id, tuple(codes) if v5 else ()))
 
-    def _on_disconnect(self, session: Session, packet: Disconnect) -> None:
+    def _on_disconnect(self, session: Session, packet: Disconnect, now: float) -> None:
         """Client DISCONNECT: only Normal disconnection (0x00) discards the will (§3.1.2.5)."""
         if session.protocol_version >= _V5:
             requested = packet.properties.session_expiry_interval
             if requested is not None:
                 if session.connect_expiry_interval == 0 and requested > 0:
-                    self._protocol_error(session, ReasonCode.PROTOCOL_ERROR)  # §3.14.2.2.2
+                    self._protocol_error(  # §3.14.2.2.2
+                        session, ReasonCode.PROTOCOL_ERROR, "session expiry set after 0", now
+                    )
                     return
                 expiry = min(requested, self.settings.max_session_expiry_interval)
                 session.state.expiry_interval = expiry
@@ -396,12 +458,16 @@ class Broker:
     # -- timers ------------------------------------------------------------------------
 
     def tick(self, now: float) -> float | None:
-        """Fire due wills, expire sessions, publish ``$SYS``; returns the next deadline."""
+        """Fire due wills, expire sessions and QoS 2 ids awaiting PUBREL, publish ``$SYS``.
+
+        Returns the next deadline.
+        """
         for client_id, will in self.wills.pop_due(now):
             self._publish_will(client_id, will, now)
         for state in self.sessions.pop_expired(now):
             log.info("session.expired", client_id=state.client_id)
             self._end_session(state, now)
+        self.inbound.expire(now)
         if self.sys_topics.due(now):
             self._publish_sys(now)
         deadlines = [
@@ -409,6 +475,7 @@ class Broker:
             for deadline in (
                 self.wills.next_deadline(),
                 self.sessions.next_deadline(),
+                self.inbound.next_deadline(),
                 self.sys_topics.next_deadline(),
             )
             if deadline is not None
@@ -419,6 +486,26 @@ class Broker:
         self._refresh_counts()
         for topic, value in self.sys_topics.collect(now):
             self.router.publish(Message(topic, value.encode(), 0, True), now)
+
+    def recheck_subscriptions(self, now: float) -> int:
+        """After an ACL reload: drop every subscription the policy no longer allows.
+
+        Returns how many were removed. Deliveries are checked per message anyway; this keeps
+        the routing table honest and tells the operator what the new rules took away.
+        """
+        removed = 0
+        for state in list(self.sessions):
+            for entry in self.subscriptions.subscriptions_of(state.client_id):
+                full = entry.subscription.topic_filter
+                _share, topic_filter = parse_shared(full)
+                if self.policy.may_subscribe(state.identity, topic_filter):
+                    continue
+                self.subscriptions.remove(state.client_id, full)
+                removed += 1
+                log.info("subscription.revoked", client_id=state.client_id, topic_filter=full)
+        if removed:
+            self._refresh_counts()
+        return removed
 
     def shutdown(self, now: float) -> None:
         """Server shutdown: every session ends, so every will goes out, then links close."""

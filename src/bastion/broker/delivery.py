@@ -2,7 +2,10 @@
 
 ``Router`` owns the retained store, matches the subscription trie once per message, merges
 overlapping subscriptions per client, picks shared-group members, and runs each session's
-outbound QoS 1/2 window (send, queue, acknowledge, resend on resume).
+outbound QoS 1/2 window (send, queue, acknowledge, resend on resume) within its bounds:
+window and bytes in flight, queue length and bytes, and ``max_delivery_attempts``
+transmissions of one flow (so a message that makes its receiver drop the connection is not
+resent forever). Bounds that are hit are counted and reported through ``SecurityLog``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import structlog
 
 from bastion.broker.messages import Delivery, Message, outgoing_publish
 from bastion.broker.retained import RetainedStore
-from bastion.broker.sessions import Session, SessionRegistry, SessionState
-from bastion.broker.stats import BrokerStats
+from bastion.broker.securitylog import SecurityLog
+from bastion.broker.sessions import Inflight, Session, SessionRegistry, SessionState
+from bastion.broker.stats import BrokerStats, Defence
 from bastion.broker.subscriptions import SharedGroup, SubscriptionEntry, SubscriptionTrie
 from bastion.mqtt.packets import Packet, Publish, Pubrel
 from bastion.mqtt.reason_codes import ReasonCode
@@ -58,12 +62,17 @@ class Router:
         trie: SubscriptionTrie,
         retained: RetainedStore[Message],
         stats: BrokerStats,
+        *,
+        security: SecurityLog,
+        max_delivery_attempts: int = 0,
     ) -> None:
         self.policy = policy
         self.sessions = sessions
         self.trie = trie
         self.retained = retained
         self.stats = stats
+        self.security = security
+        self.max_attempts = max_delivery_attempts  # 0: no bound
 
     # -- sending -----------------------------------------------------------------------
 
@@ -157,11 +166,13 @@ class Router:
         return entry
 
     @staticmethod
-    def _shared_copy(message: Message, entry: SubscriptionEntry, group: SharedGroup) -> Delivery:
+    def _shared_copy(
+        message: Message, entry: SubscriptionEntry, group: SharedGroup, attempts: int = 0
+    ) -> Delivery:
         sub = entry.subscription
         identifiers = () if entry.identifier is None else (entry.identifier,)
         retain = message.retain and sub.retain_as_published
-        return Delivery(message, min(message.qos, sub.qos), retain, identifiers, group)
+        return Delivery(message, min(message.qos, sub.qos), retain, identifiers, group, attempts)
 
     def send_retained(
         self, connection: Session, topic_filter: str, qos: int, identifier: int | None, now: float
@@ -192,21 +203,46 @@ class Router:
                 self.send(connection, packet)
             return
         outbox = state.outbox
-        if connection is not None and not outbox.queue and len(outbox.inflight) < connection.window:
+        if connection is not None and not outbox.queue and outbox.has_room(connection.window):
             self._start(connection, delivery, now)
         elif not outbox.enqueue(delivery):
             purged = outbox.purge_expired(now)
             self.stats.publish_messages_dropped += purged
             if not purged or not outbox.enqueue(delivery):
-                self.stats.publish_messages_dropped += 1
-                log.debug("queue.full", client_id=state.client_id, topic=delivery.message.topic)
+                self._queue_full(state, delivery, now)
+                return
+        if outbox.overflowing:  # a copy fits again: the queue-full episode is over
+            outbox.overflowing = False
+            self.security.end(Defence.QUEUE_FULL, state.client_id)
+
+    def _queue_full(self, state: SessionState, delivery: Delivery, now: float) -> None:
+        """Drop the newest copy: the queue is full in messages or bytes (tail drop)."""
+        self.stats.publish_messages_dropped += 1
+        outbox = state.outbox
+        detail = ""  # only the first drop of an episode is logged: no text for the others
+        if not outbox.overflowing:
+            outbox.overflowing = True
+            detail = (
+                f"queue full ({len(outbox.queue)} messages, {outbox.queued_bytes} bytes): "
+                "newest copies dropped"
+            )
+        self.security.hit(
+            Defence.QUEUE_FULL, state.identity, now, detail=detail, topic=delivery.message.topic
+        )
+
+    def _exhausted(self, attempts: int) -> bool:
+        """True once a flow was transmitted ``max_delivery_attempts`` times."""
+        return 0 < self.max_attempts <= attempts
 
     def _start(self, connection: Session, delivery: Delivery, now: float) -> None:
         if delivery.message.is_expired(now):
             self.stats.publish_messages_dropped += 1
             return
+        if self._exhausted(delivery.attempts):  # a shared copy other members failed on
+            self._report_exhausted(connection.state, delivery.message.topic, (1, 0), now)
+            return
         outbox = connection.state.outbox
-        item = outbox.start(delivery)
+        item = outbox.start(delivery, delivery.attempts + 1)
         packet = outgoing_publish(delivery, item.packet_id, connection.protocol_version, now)
         if not self.send(connection, packet):
             outbox.finish(item.packet_id)  # as if delivered (§3.1.2.11.4)
@@ -217,27 +253,62 @@ class Router:
         if connection is None:
             return
         outbox = state.outbox
-        while outbox.queue and len(outbox.inflight) < connection.window:
-            self._start(connection, outbox.queue.popleft(), now)
+        while outbox.queue and outbox.has_room(connection.window):
+            self._start(connection, outbox.dequeue(), now)
 
     def resume(self, connection: Session, now: float) -> None:
-        """Resend the unacknowledged flows in their original order, then drain the queue."""
+        """Resend the unacknowledged flows in their original order, then drain the queue.
+
+        A flow already transmitted ``max_delivery_attempts`` times is dropped instead: the
+        client keeps reconnecting without acknowledging it (§4.4 asks for a resend; the
+        bound is this server's defence against a message that breaks its receiver).
+        """
         outbox = connection.state.outbox
+        exhausted: list[Inflight] = []
         for item in list(outbox.inflight.values()):
-            if item.released:
-                self.send(connection, Pubrel(item.packet_id))
-                continue
             delivery = item.delivery
-            if delivery.qos == 1 and delivery.message.is_expired(now):
+            if not item.released and delivery.qos == 1 and delivery.message.is_expired(now):
                 outbox.finish(item.packet_id)
                 self.stats.publish_messages_dropped += 1
+                continue
+            if self._exhausted(item.attempts):
+                outbox.finish(item.packet_id)
+                exhausted.append(item)
+                continue
+            item.attempts += 1
+            if item.released:
+                self.send(connection, Pubrel(item.packet_id))
                 continue
             packet = outgoing_publish(
                 delivery, item.packet_id, connection.protocol_version, now, dup=True
             )
             if not self.send(connection, packet):
                 outbox.finish(item.packet_id)
+        if exhausted:
+            released = sum(1 for item in exhausted if item.released)
+            topic = exhausted[0].delivery.message.topic
+            counts = (len(exhausted) - released, released)
+            self._report_exhausted(connection.state, topic, counts, now)
         self.pump(connection.state, now)
+
+    def _report_exhausted(
+        self, state: SessionState, topic: str, counts: tuple[int, int], now: float
+    ) -> None:
+        """Count and report flows abandoned after ``max_delivery_attempts`` transmissions.
+
+        ``counts`` is (PUBLISH flows, PUBREL flows); only the first lose a message.
+        """
+        publishes, releases = counts
+        self.stats.publish_messages_dropped += publishes
+        self.security.report(
+            Defence.REDELIVERY_EXHAUSTED,
+            state.identity,
+            now,
+            detail=f"sent {self.max_attempts} times without acknowledgement: "
+            f"{publishes} PUBLISH and {releases} PUBREL flows dropped",
+            topic=topic,
+            count=publishes + releases,
+        )
 
     def on_puback(self, connection: Session, packet_id: int, now: float) -> None:
         """PUBACK from the client ends a QoS 1 flow; unknown ids are ignored."""
@@ -260,6 +331,7 @@ class Router:
             self.pump(connection.state, now)
             return
         item.released = True
+        item.attempts = 1  # from now on the flow waits on the PUBREL
         self.send(connection, Pubrel(packet_id))
 
     def on_pubcomp(self, connection: Session, packet_id: int, now: float) -> None:
@@ -290,7 +362,7 @@ class Router:
             target = None if entry is None else self.sessions.get(entry.client_id)
             if entry is None or target is None:
                 return ending
-            self.deliver(target, self._shared_copy(message, entry, group), now)
+            self.deliver(target, self._shared_copy(message, entry, group, delivery.attempts), now)
             return True
 
         state.outbox.take_shared(move)

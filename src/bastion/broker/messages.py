@@ -43,6 +43,11 @@ class Message:
     expires_at: float | None = None
     origin: str | None = None
 
+    @property
+    def size(self) -> int:
+        """What one copy counts against a session's byte bounds: payload plus topic."""
+        return len(self.payload) + len(self.topic)
+
     def is_expired(self, now: float) -> bool:
         """True once the message's expiry interval has run out."""
         return self.expires_at is not None and now >= self.expires_at
@@ -104,7 +109,8 @@ class Delivery:
     """One copy of a message for one session, with the options of the matching subscriptions.
 
     ``group`` is the shared subscription group the copy was chosen through (``None`` for an
-    ordinary subscription); it lets an undelivered copy move to another group member.
+    ordinary subscription); it lets an undelivered copy move to another group member, which
+    inherits the transmissions made so far in ``attempts``.
     """
 
     message: Message
@@ -112,6 +118,7 @@ class Delivery:
     retain: bool
     subscription_ids: tuple[int, ...] = ()
     group: SharedGroup | None = None
+    attempts: int = 0
 
 
 def outgoing_publish(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bastion.broker.links import ClientLink
 from bastion.broker.messages import Delivery
@@ -26,28 +26,64 @@ class Inflight:
     """An outbound QoS 1/2 PUBLISH waiting for its acknowledgement.
 
     ``released`` is set once PUBREC arrived and PUBREL went out (QoS 2, waiting for PUBCOMP).
+    ``attempts`` counts the transmissions of the packet the flow waits on (the PUBLISH, then
+    the PUBREL), resends on resume included: ``delivery.py`` bounds it.
     """
 
     packet_id: int
     delivery: Delivery
     released: bool = False
+    attempts: int = 1
+
+
+UNLIMITED = 1 << 62  # a byte bound that is never reached
 
 
 class Outbox:
-    """The outbound QoS 1/2 flow of one session: the inflight window and the pending queue."""
+    """The outbound QoS 1/2 flow of one session: the inflight window and the pending queue.
 
-    __slots__ = ("_max_queued", "_next_id", "_next_purge", "inflight", "queue")
+    Both are bounded in messages and in bytes (``Message.size``); ``inflight_bytes`` and
+    ``queued_bytes`` are kept current by every method that adds or removes a copy.
+    """
+
+    __slots__ = (
+        "_max_inflight_bytes",
+        "_max_queued",
+        "_max_queued_bytes",
+        "_next_id",
+        "_next_purge",
+        "inflight",
+        "inflight_bytes",
+        "overflowing",
+        "queue",
+        "queued_bytes",
+    )
 
     PURGE_INTERVAL = 1.0  # seconds between scans of a full queue for expired messages
 
-    def __init__(self, max_queued: int) -> None:
+    def __init__(
+        self,
+        max_queued: int,
+        *,
+        max_queued_bytes: int = UNLIMITED,
+        max_inflight_bytes: int = UNLIMITED,
+    ) -> None:
         self.inflight: dict[int, Inflight] = {}  # insertion order = send order
         self.queue: deque[Delivery] = deque()
+        self.inflight_bytes = 0
+        self.queued_bytes = 0
+        self.overflowing = False  # copies are being dropped: a queue-full episode runs
         self._max_queued = max_queued
+        self._max_queued_bytes = max_queued_bytes
+        self._max_inflight_bytes = max_inflight_bytes
         self._next_id = 1
         self._next_purge = float("-inf")
 
-    def start(self, delivery: Delivery) -> Inflight:
+    def has_room(self, window: int) -> bool:
+        """True if one more message may start its flow within ``window`` and the byte bound."""
+        return len(self.inflight) < window and self.inflight_bytes < self._max_inflight_bytes
+
+    def start(self, delivery: Delivery, attempts: int = 1) -> Inflight:
         """Allocate a free packet id for ``delivery`` and record it as inflight."""
         if len(self.inflight) >= MAX_PACKET_ID:
             raise RuntimeError("no free packet identifier")
@@ -55,20 +91,36 @@ class Outbox:
         while packet_id in self.inflight:
             packet_id = packet_id % MAX_PACKET_ID + 1
         self._next_id = packet_id % MAX_PACKET_ID + 1
-        item = Inflight(packet_id, delivery)
+        item = Inflight(packet_id, delivery, attempts=attempts)
         self.inflight[packet_id] = item
+        self.inflight_bytes += delivery.message.size
         return item
 
     def finish(self, packet_id: int) -> Inflight | None:
         """Forget the inflight message ``packet_id`` (its flow is over)."""
-        return self.inflight.pop(packet_id, None)
+        item = self.inflight.pop(packet_id, None)
+        if item is not None:
+            self.inflight_bytes -= item.delivery.message.size
+        return item
 
     def enqueue(self, delivery: Delivery) -> bool:
         """Queue ``delivery`` behind the others; False (and not queued) when the queue is full."""
-        if len(self.queue) >= self._max_queued:
+        size = delivery.message.size
+        if len(self.queue) >= self._max_queued or self.queued_bytes + size > self._max_queued_bytes:
             return False
         self.queue.append(delivery)
+        self.queued_bytes += size
         return True
+
+    def dequeue(self) -> Delivery:
+        """Take the oldest queued copy (the queue must not be empty)."""
+        delivery = self.queue.popleft()
+        self.queued_bytes -= delivery.message.size
+        return delivery
+
+    def _set_queue(self, queue: deque[Delivery]) -> None:
+        self.queue = queue
+        self.queued_bytes = sum(d.message.size for d in queue)
 
     def purge_expired(self, now: float) -> int:
         """Drop queued copies whose message expired; how many (scans at most once a second)."""
@@ -76,20 +128,23 @@ class Outbox:
             return 0
         self._next_purge = now + self.PURGE_INTERVAL
         before = len(self.queue)
-        self.queue = deque(d for d in self.queue if not d.message.is_expired(now))
+        self._set_queue(deque(d for d in self.queue if not d.message.is_expired(now)))
         return before - len(self.queue)
 
     def take_shared(self, move: Callable[[Delivery], bool]) -> None:
         """Offer each copy received through a shared subscription to ``move``, oldest first.
 
         Copies for which ``move`` returns True leave the outbox. Copies already acknowledged
-        with PUBREC are never offered: the client has the message.
+        with PUBREC are never offered: the client has the message. An inflight copy is
+        offered with its transmissions so far in ``Delivery.attempts``.
         """
         for packet_id, item in list(self.inflight.items()):
-            if item.delivery.group is not None and not item.released and move(item.delivery):
-                del self.inflight[packet_id]
+            if item.delivery.group is None or item.released:
+                continue
+            if move(replace(item.delivery, attempts=item.attempts)):
+                self.finish(packet_id)
         if any(d.group is not None for d in self.queue):
-            self.queue = deque(d for d in self.queue if d.group is None or not move(d))
+            self._set_queue(deque(d for d in self.queue if d.group is None or not move(d)))
 
     def __len__(self) -> int:
         return len(self.inflight) + len(self.queue)
@@ -108,13 +163,25 @@ class SessionState:
         "outbox",
     )
 
-    def __init__(self, client_id: str, identity: ClientIdentity, max_queued: int) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        identity: ClientIdentity,
+        max_queued: int,
+        *,
+        max_queued_bytes: int = UNLIMITED,
+        max_inflight_bytes: int = UNLIMITED,
+    ) -> None:
         self.client_id = client_id
         self.identity = identity  # of the latest connection; used to authorize deliveries
         self.expiry_interval = 0
         self.expires_at: float | None = None  # deadline while offline; None = never
-        self.outbox = Outbox(max_queued)
-        self.inbound_qos2: set[int] = set()  # QoS 2 packet ids received, PUBREL not yet
+        self.outbox = Outbox(
+            max_queued, max_queued_bytes=max_queued_bytes, max_inflight_bytes=max_inflight_bytes
+        )
+        # QoS 2 packet ids received whose PUBREL has not come yet -> when they are forgotten
+        # (``math.inf``: never).
+        self.inbound_qos2: dict[int, float] = {}
         self.connection: Session | None = None
 
     @property
@@ -248,6 +315,7 @@ class SessionRegistry:
 
 __all__ = [
     "NEVER_EXPIRES",
+    "UNLIMITED",
     "Inflight",
     "Outbox",
     "Session",

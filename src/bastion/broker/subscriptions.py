@@ -225,6 +225,11 @@ class SubscriptionTrie:
         self._count -= len(own)
         return len(own)
 
+    def count_of(self, client_id: str) -> int:
+        """How many subscriptions the client holds (shared ones included)."""
+        own = self._by_client.get(client_id)
+        return 0 if own is None else len(own)
+
     def subscriptions_of(self, client_id: str) -> list[SubscriptionEntry]:
         """The client's entries, in the order they were first added."""
         own = self._by_client.get(client_id)

@@ -6,6 +6,7 @@ Thin on purpose: parsing and validation live in ``bastion.config``, logging in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -17,6 +18,8 @@ from bastion.ops.logging import LEVELS, configure_logging
 __all__ = ["serve"]
 
 EXIT_CONFIG_ERROR = 2
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 def _parse_listen(
@@ -32,17 +35,70 @@ def _parse_listen(
     return tuple(parsed)
 
 
+@dataclass(frozen=True)
+class _TlsOptions:
+    """The ``--tls-listen`` family of options, applied to every TLS listener given."""
+
+    listen: tuple[tuple[str, int], ...]
+    certfile: Path | None
+    keyfile: Path | None
+    cafile: Path | None
+    crlfile: Path | None
+    require_certificate: bool
+    min_version: str | None
+    identity: str | None
+
+    def listener_tables(self, ctx: click.Context) -> list[dict[str, object]]:
+        """``[[listeners]]`` tables for the TLS listeners; usage errors for half-given TLS."""
+        extras = {
+            "--cafile": self.cafile,
+            "--crlfile": self.crlfile,
+            "--require-certificate": self.require_certificate or None,
+            "--tls-min-version": self.min_version,
+            "--use-identity-as-username": self.identity,
+        }
+        if not self.listen:
+            given = [name for name, value in extras.items() if value is not None]
+            given += [
+                n for n, v in (("--certfile", self.certfile), ("--keyfile", self.keyfile)) if v
+            ]
+            if given:
+                verb = "needs" if len(given) == 1 else "need"
+                raise click.UsageError(f"{', '.join(given)} {verb} --tls-listen HOST:PORT", ctx)
+            return []
+        if self.certfile is None or self.keyfile is None:
+            raise click.UsageError("--tls-listen needs --certfile and --keyfile", ctx)
+        tls: dict[str, object] = {"certfile": str(self.certfile), "keyfile": str(self.keyfile)}
+        if self.cafile is not None:
+            tls["cafile"] = str(self.cafile)
+        if self.crlfile is not None:
+            tls["crlfile"] = str(self.crlfile)
+        if self.require_certificate:
+            tls["require_certificate"] = True
+        if self.min_version is not None:
+            tls["min_version"] = self.min_version
+        if self.identity is not None:
+            tls["use_identity_as_username"] = self.identity
+        return [{"host": host, "port": port, "tls": dict(tls)} for host, port in self.listen]
+
+
 def _overrides(
+    ctx: click.Context,
+    *,
     listen: tuple[tuple[str, int], ...],
-    allow_anonymous: bool,
+    tls: _TlsOptions,
+    security: dict[str, object],
     log_level: str | None,
     log_format: str | None,
 ) -> dict[str, object]:
     overrides: dict[str, object] = {}
-    if listen:
-        overrides["listeners"] = [{"host": host, "port": port} for host, port in listen]
-    if allow_anonymous:
-        overrides["security.allow_anonymous"] = True
+    listeners = [{"host": host, "port": port} for host, port in listen]
+    listeners += tls.listener_tables(ctx)
+    if listeners:
+        overrides["listeners"] = listeners
+    for key, value in security.items():
+        if value is not None and value is not False:
+            overrides[f"security.{key}"] = value
     if log_level is not None:
         overrides["logging.level"] = log_level
     if log_format is not None:
@@ -72,6 +128,39 @@ def _config_error(ctx: click.Context, error: ConfigError) -> None:
     help="Listen on HOST:PORT ([::1]:1883 for IPv6); repeatable. Replaces the file's listeners.",
 )
 @click.option(
+    "--tls-listen",
+    metavar="HOST:PORT",
+    multiple=True,
+    callback=_parse_listen,
+    help="Listen with TLS on HOST:PORT (8883 by convention); repeatable. Needs --certfile "
+    "and --keyfile.",
+)
+@click.option("--certfile", type=_FILE, help="PEM server certificate for --tls-listen.")
+@click.option("--keyfile", type=_FILE, help="PEM private key for --tls-listen.")
+@click.option("--cafile", type=_FILE, help="PEM CA that client certificates must chain to.")
+@click.option("--crlfile", type=_FILE, help="PEM CRL checked for client certificates.")
+@click.option(
+    "--require-certificate",
+    is_flag=True,
+    help="Refuse TLS clients without a valid certificate (mutual TLS; needs --cafile).",
+)
+@click.option(
+    "--tls-min-version",
+    type=click.Choice(["1.2", "1.3"]),
+    help="Lowest TLS version accepted [default: 1.3]; 1.0/1.1 are never accepted.",
+)
+@click.option(
+    "--use-identity-as-username",
+    type=click.Choice(["none", "cn", "san"]),
+    help="Take the username from the client certificate's CN or first SAN.",
+)
+@click.option(
+    "--password-file",
+    type=_FILE,
+    help="Password file (bastion passwd, or mosquitto_passwd's $6$/$7$ hashes).",
+)
+@click.option("--acl-file", type=_FILE, help="ACL file in Mosquitto's acl_file syntax.")
+@click.option(
     "--allow-anonymous",
     is_flag=True,
     help="Let clients connect without credentials (development only).",
@@ -92,15 +181,48 @@ def serve(
     *,
     config_path: Path | None,
     listen: tuple[tuple[str, int], ...],
+    tls_listen: tuple[tuple[str, int], ...],
+    certfile: Path | None,
+    keyfile: Path | None,
+    cafile: Path | None,
+    crlfile: Path | None,
+    require_certificate: bool,
+    tls_min_version: str | None,
+    use_identity_as_username: str | None,
+    password_file: Path | None,
+    acl_file: Path | None,
     allow_anonymous: bool,
     log_level: str | None,
     log_format: str | None,
 ) -> None:
     """Run the MQTT broker until interrupted.
 
-    Without -c or --listen it listens on 127.0.0.1:1883.
+    Without -c, --listen or --tls-listen it listens on 127.0.0.1:1883 (plain TCP, loopback
+    only). Anonymous clients are refused unless --allow-anonymous is given.
     """
-    overrides = _overrides(listen, allow_anonymous, log_level, log_format)
+    tls = _TlsOptions(
+        tls_listen,
+        certfile,
+        keyfile,
+        cafile,
+        crlfile,
+        require_certificate,
+        tls_min_version,
+        use_identity_as_username,
+    )
+    security: dict[str, object] = {
+        "allow_anonymous": allow_anonymous,
+        "password_file": str(password_file) if password_file else None,
+        "acl_file": str(acl_file) if acl_file else None,
+    }
+    overrides = _overrides(
+        ctx,
+        listen=listen,
+        tls=tls,
+        security=security,
+        log_level=log_level,
+        log_format=log_format,
+    )
     try:
         settings = load_settings(config_path, overrides)
     except ConfigError as error:

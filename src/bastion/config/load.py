@@ -67,6 +67,8 @@ def load_settings(path: Path | None, overrides: Mapping[str, object] | None = No
     """
     source = str(path) if path is not None else COMMAND_LINE
     raw = _read_toml(path) if path is not None else {}
+    if path is not None:
+        _resolve_relative_paths(raw, path.parent)
     overrides = overrides or {}
     data = _apply_overrides(raw, overrides)
     try:
@@ -119,6 +121,29 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {_toml_problem(str(exc))}") from None
+
+
+_SECURITY_PATHS = ("password_file", "acl_file", "audit_log")
+_TLS_PATHS = ("certfile", "keyfile", "cafile", "crlfile")
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make file settings relative to the configuration file's directory, not the CWD."""
+
+    def resolve(table: object, keys: Sequence[str]) -> None:
+        if not isinstance(table, dict):
+            return
+        for key in keys:
+            value = table.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                table[key] = str(base / value)
+
+    resolve(raw.get("security"), _SECURITY_PATHS)
+    listeners = raw.get("listeners")
+    if isinstance(listeners, list):
+        for listener in listeners:
+            if isinstance(listener, dict):
+                resolve(listener.get("tls"), _TLS_PATHS)
 
 
 def _toml_problem(message: str) -> str:

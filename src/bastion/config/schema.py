@@ -11,15 +11,18 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "LimitsSettings",
     "ListenerSettings",
     "LoggingSettings",
     "MqttSettings",
+    "RateLimitSettings",
     "SecuritySettings",
     "Settings",
+    "TlsListenerSettings",
 ]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -58,12 +61,60 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class ListenerSettings(_Section):
-    """One MQTT listener (a ``[[listeners]]`` table).
+FilePath = Annotated[str, Field(min_length=1, max_length=4096)]
 
-    TLS will arrive as an optional ``tls`` sub-table (``tls: TlsSettings | None = None``),
-    so a listener without one stays plain TCP.
-    """
+
+class TlsListenerSettings(_Section):
+    """TLS for one listener (a ``[listeners.tls]`` table); relative paths are resolved
+    against the directory of the configuration file."""
+
+    certfile: FilePath = Field(description="PEM server certificate (chain) file.")
+    keyfile: FilePath = Field(description="PEM private key of the server certificate.")
+    cafile: FilePath | None = Field(
+        default=None,
+        description=(
+            "PEM CA certificates that client certificates must chain to. Setting it makes "
+            "client certificates optional (verified when presented)."
+        ),
+    )
+    crlfile: FilePath | None = Field(
+        default=None,
+        description="PEM certificate revocation list checked for client certificates.",
+    )
+    min_version: Literal["1.2", "1.3"] = Field(
+        default="1.3",
+        description=(
+            "Lowest TLS version accepted: `1.3` (default) or `1.2`. TLS 1.0/1.1 and SSLv3 "
+            "are never accepted."
+        ),
+    )
+    require_certificate: bool = Field(
+        default=False,
+        description="Refuse clients without a valid certificate (mutual TLS); needs `cafile`.",
+    )
+    use_identity_as_username: Literal["none", "cn", "san"] = Field(
+        default="none",
+        description=(
+            "Use the client certificate's identity as the username, with no password: `cn` "
+            "(subject common name) or `san` (first DNS/email/URI subject alternative name)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _client_certificates_need_a_ca(self) -> TlsListenerSettings:
+        if self.cafile is None:
+            for option in ("require_certificate", "crlfile", "use_identity_as_username"):
+                if getattr(self, option) not in (False, None, "none"):
+                    raise PydanticCustomError(
+                        "bastion_tls_needs_ca",
+                        "{option} needs cafile (the CA that client certificates chain to)",
+                        {"option": option},
+                    )
+        return self
+
+
+class ListenerSettings(_Section):
+    """One MQTT listener (a ``[[listeners]]`` table); plain TCP unless it has ``tls``."""
 
     host: Annotated[str, Field(max_length=255), AfterValidator(_check_host)] = Field(
         default="127.0.0.1",
@@ -83,6 +134,14 @@ class ListenerSettings(_Section):
         min_length=1,
         max_length=64,
         description="Optional label used in logs and metrics; must be unique when set.",
+    )
+
+    tls: TlsListenerSettings | None = Field(
+        default=None,
+        description=(
+            "TLS settings (`[listeners.tls]`); without them the listener is plain TCP, which "
+            "is logged as a warning on any non-loopback address."
+        ),
     )
 
     @property
@@ -143,6 +202,102 @@ class MqttSettings(_Section):
         description=(
             "Messages queued per offline or slow session beyond the in-flight window; "
             "0 queues nothing."
+        ),
+    )
+    max_queued_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        le=1 << 40,
+        description=(
+            "Bytes (payload plus topic) queued per offline or slow session; with "
+            "`max_queued_messages`, whichever is reached first bounds the queue. Only QoS 1/2 "
+            "copies are ever queued (QoS 0 goes out at once or is dropped), so a full queue "
+            "drops the newest QoS 1/2 copy after discarding expired ones; drops are counted and "
+            "logged once per episode. 0 queues nothing."
+        ),
+    )
+    max_inflight_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        le=1 << 40,
+        description=(
+            "Bytes (payload plus topic) of outbound QoS 1/2 messages in flight per client; a new "
+            "message starts only while less than this is in flight (so one larger message still "
+            "goes out alone), the rest wait in the queue."
+        ),
+    )
+    max_message_size: int = Field(
+        default=256 * 1024,
+        ge=0,
+        le=268_435_455,
+        description=(
+            "Largest application message payload, in bytes, accepted from a client (wills "
+            "included); 0 leaves only `max_packet_size`. MQTT 5 QoS 1/2 publications over it "
+            "get PUBACK/PUBREC 0x97 Quota exceeded (0x95 is not a PUBACK code); QoS 0 and MQTT "
+            "3.1.1 publishers are disconnected (DISCONNECT 0x97 on MQTT 5); a will over it "
+            "refuses the CONNECT (CONNACK 0x97)."
+        ),
+    )
+    max_topic_length: int = Field(
+        default=1024,
+        ge=1,
+        le=65535,
+        description=(
+            "Longest topic name or topic filter, in UTF-8 bytes (a `$share/<group>/` prefix "
+            "counts). A longer topic name is refused like `max_topic_levels` says; a longer "
+            "filter gets SUBACK 0x8F Topic Filter invalid (0x80 on MQTT 3.1.1)."
+        ),
+    )
+    max_topic_levels: int = Field(
+        default=32,
+        ge=1,
+        le=65535,
+        description=(
+            "Most `/`-separated levels in a topic name or filter. A PUBLISH over this or "
+            "`max_topic_length` gets PUBACK/PUBREC 0x90 Topic Name invalid on MQTT 5 QoS 1/2; "
+            "QoS 0 and MQTT 3.1.1 publishers are disconnected (DISCONNECT 0x90 on MQTT 5); a "
+            "will over it gets CONNACK 0x90."
+        ),
+    )
+    max_subscriptions_per_client: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Most subscriptions one session may hold; a new filter beyond it gets SUBACK 0x97 "
+            "Quota exceeded (0x80 on MQTT 3.1.1). Re-subscribing to a held filter always works."
+        ),
+    )
+    max_delivery_attempts: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description=(
+            "Times a QoS 1/2 message (or a QoS 2 PUBREL) is sent to a client that keeps "
+            "reconnecting without acknowledging it; after that the flow is dropped for that "
+            "client, counted and reported as a security event, so a message that makes a "
+            "subscriber disconnect cannot be redelivered forever. 0 resends without limit."
+        ),
+    )
+    max_awaiting_rel: int = Field(
+        default=100,
+        ge=1,
+        le=65535,
+        description=(
+            "Inbound QoS 2 messages per session that may wait for their PUBREL. One more gets "
+            "PUBREC 0x97 Quota exceeded on MQTT 5 (the message is not routed); an MQTT 3.1.1 "
+            "client is disconnected."
+        ),
+    )
+    awaiting_rel_timeout: float = Field(
+        default=300.0,
+        ge=0,
+        le=604_800,
+        allow_inf_nan=False,
+        description=(
+            "Seconds an inbound QoS 2 packet identifier waits for its PUBREL before it is "
+            "forgotten (the message was already routed; a late PUBREL gets PUBCOMP 0x92). "
+            "0 waits forever."
         ),
     )
     max_qos: int = Field(
@@ -238,6 +393,142 @@ class SecuritySettings(_Section):
             "development only."
         ),
     )
+    password_file: FilePath | None = Field(
+        default=None,
+        description=(
+            "Password file: `user:hash` lines with argon2id hashes (`bastion passwd`) or "
+            "Mosquitto's `$6$`/`$7$` hashes (`mosquitto_passwd`), verified as they are."
+        ),
+    )
+    acl_file: FilePath | None = Field(
+        default=None,
+        description=(
+            "ACL file in Mosquitto's `acl_file` syntax (`user`, `topic [read|write|readwrite|"
+            "deny]`, `pattern` with `%u`/`%c`). Deny by default."
+        ),
+    )
+    acl: dict[str, object] | None = Field(
+        default=None,
+        description=(
+            "ACL rules in TOML (`[[security.acl.rules]]` with `user`, `anonymous` or "
+            "`pattern`, plus `access` and `topic`); an alternative to `acl_file`."
+        ),
+    )
+    audit_log: FilePath | None = Field(
+        default=None,
+        description=(
+            "File that receives one JSON line per security event (repeats aggregated). "
+            "Without it, security events go to the main log."
+        ),
+    )
+    client_id_patterns: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        description=(
+            "Client ids an authenticated user may use, as globs with `%u` for the username "
+            '(e.g. `["%u", "%u-*"]`), so one user cannot take over another\'s session. Empty: '
+            "no restriction."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_acl_source(self) -> SecuritySettings:
+        if self.acl_file is not None and self.acl is not None:
+            raise PydanticCustomError(
+                "bastion_two_acls",
+                "set either acl_file or the [security.acl] table, not both",
+                {},
+            )
+        return self
+
+
+class RateLimitSettings(_Section):
+    """Per-client publish budget (``[limits.client]``, or ``[limits.users.<name>]``)."""
+
+    messages_per_second: float | None = Field(
+        default=100.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Sustained PUBLISH packets per second per client; omit for no limit.",
+    )
+    burst_messages: float = Field(
+        default=200.0, gt=0, allow_inf_nan=False, description="Messages allowed in a burst."
+    )
+    bytes_per_second: float | None = Field(
+        default=1_048_576.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Sustained payload bytes per second per client; omit for no limit.",
+    )
+    burst_bytes: float = Field(
+        default=2_097_152.0, gt=0, allow_inf_nan=False, description="Payload bytes in a burst."
+    )
+    action: Literal["throttle", "disconnect"] = Field(
+        default="throttle",
+        description=(
+            "Over the limit: `throttle` stops reading from the client until its budget "
+            "refills; `disconnect` closes it (MQTT 5: 0x96 message rate too high, 0x97 quota "
+            "exceeded for bytes)."
+        ),
+    )
+
+
+class LimitsSettings(_Section):
+    """Rate limits, connection caps, brute-force and reconnect-storm defence (``[limits]``)."""
+
+    client: RateLimitSettings = Field(
+        default_factory=RateLimitSettings,
+        description="Default per-client publish budget.",
+    )
+    users: dict[str, RateLimitSettings] = Field(
+        default_factory=dict,
+        description="Per-user budgets that replace `client` for that username.",
+    )
+    connections_per_second_per_ip: float = Field(
+        default=20.0, gt=0, allow_inf_nan=False, description="New connections/s per source IP."
+    )
+    connection_burst_per_ip: float = Field(
+        default=40.0, gt=0, allow_inf_nan=False, description="New connections in a burst per IP."
+    )
+    max_connections_per_ip: int = Field(
+        default=100, ge=1, description="Concurrent connections per source IP."
+    )
+    max_connections: int = Field(
+        default=100_000, ge=1, description="Concurrent connections in total."
+    )
+    auth_backoff_initial: float = Field(
+        default=0.5,
+        gt=0,
+        allow_inf_nan=False,
+        description="CONNACK delay after a first failed login from an IP or username; doubles.",
+    )
+    auth_backoff_max: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="Largest CONNACK delay (seconds)."
+    )
+    auth_failures_before_ban: int = Field(
+        default=10, ge=1, description="Failed logins within `auth_failure_window` that ban."
+    )
+    auth_failure_window: float = Field(
+        default=600.0, gt=0, allow_inf_nan=False, description="Window for counting failures (s)."
+    )
+    auth_ban_duration: float = Field(
+        default=900.0, gt=0, allow_inf_nan=False, description="Length of a brute-force ban (s)."
+    )
+    ban_usernames: bool = Field(
+        default=True,
+        description="Also ban the username under attack (not only the source IP).",
+    )
+    flap_connects_per_client: int = Field(
+        default=20, ge=1, description="Connects per client id within `flap_window` before a ban."
+    )
+    flap_connects_per_ip: int = Field(
+        default=100, ge=1, description="Connects per source IP within `flap_window` before a ban."
+    )
+    flap_window: float = Field(
+        default=60.0, gt=0, allow_inf_nan=False, description="Reconnect-storm window (s)."
+    )
+    flap_ban_duration: float = Field(
+        default=300.0, gt=0, allow_inf_nan=False, description="Length of a reconnect-storm ban (s)."
+    )
 
 
 class LoggingSettings(_Section):
@@ -278,6 +569,10 @@ class Settings(_Section):
     security: SecuritySettings = Field(
         default_factory=SecuritySettings,
         description="Authentication and authorization.",
+    )
+    limits: LimitsSettings = Field(
+        default_factory=LimitsSettings,
+        description="Rate limits and abuse defence.",
     )
     logging: LoggingSettings = Field(
         default_factory=LoggingSettings,

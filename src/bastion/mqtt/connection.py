@@ -106,15 +106,19 @@ class MqttConnection:
         """Feed bytes from the network; return the complete packets (or one violation)."""
         if self.failed:
             return []
-        if self.connect is None and data and not self._reader.buffered:
-            if data[0] >> 4 != PacketType.CONNECT:
-                # Reject at the first byte: no need to wait for a frame that is not MQTT.
-                self.failed = True
-                return [
-                    ProtocolViolation(
-                        ReasonCode.PROTOCOL_ERROR, "the first packet must be CONNECT", True
-                    )
-                ]
+        if (
+            self.connect is None
+            and data
+            and not self._reader.buffered
+            and data[0] >> 4 != PacketType.CONNECT
+        ):
+            # Reject at the first byte: no need to wait for a frame that is not MQTT.
+            self.failed = True
+            return [
+                ProtocolViolation(
+                    ReasonCode.PROTOCOL_ERROR, "the first packet must be CONNECT", True
+                )
+            ]
         self._reader.feed(data)
         events: list[Event] = []
         try:

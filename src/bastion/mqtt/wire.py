@@ -92,11 +92,19 @@ def read_binary(buf: Buffer, pos: int, end: int) -> tuple[bytes, int]:
     return bytes(buf[pos + 2 : stop]), stop
 
 
+class InvalidUtf8(MalformedPacket):
+    """A UTF-8 Encoded String is not well-formed UTF-8 or carries U+0000 (0x81, §1.5.4).
+
+    A distinct type so that fronts can report this attack apart from other malformed input.
+    """
+
+
 def read_utf8(buf: Buffer, pos: int, end: int) -> tuple[str, int]:
     """UTF-8 Encoded String (spec 1.5.4): well-formed UTF-8 without U+0000.
 
     Python's strict decoder already rejects overlong forms, encoded surrogates and code
-    points above U+10FFFF.
+    points above U+10FFFF; every string field of every packet is read here, so a bad one
+    raises ``InvalidUtf8`` wherever it is.
     """
     if pos + 2 > end:
         raise MalformedPacket("truncated packet: expected a string length")
@@ -106,9 +114,9 @@ def read_utf8(buf: Buffer, pos: int, end: int) -> tuple[str, int]:
     try:
         text = str(buf[pos + 2 : stop], "utf-8")
     except UnicodeDecodeError:
-        raise MalformedPacket("string is not well-formed UTF-8") from None
+        raise InvalidUtf8("string is not well-formed UTF-8") from None
     if "\x00" in text:
-        raise MalformedPacket("string contains U+0000")
+        raise InvalidUtf8("string contains U+0000")
     return text, stop
 
 
@@ -131,6 +139,7 @@ __all__ = [
     "MAX_TWO_BYTE_INT",
     "MAX_VARIABLE_BYTE_INT",
     "Buffer",
+    "InvalidUtf8",
     "byte",
     "encode_binary",
     "encode_utf8",

@@ -1,9 +1,10 @@
-"""asyncio TCP front for MQTT: owns sockets, timeouts and write batching.
+"""asyncio TCP/TLS front for MQTT: owns sockets, timeouts, write batching and admission.
 
 Each accepted socket gets an ``MqttClientProtocol`` holding a sans-I/O ``MqttConnection``;
 decoded packets go to the broker core, which answers through this object's ``ClientLink``
-methods (``send``, ``close``, ``set_keep_alive``). Writes made while handling one chunk are
-batched into a single ``transport.write`` at the end of the loop iteration.
+methods (``send``, ``close``, ``set_keep_alive``). Before the core sees a client, the
+front applies the connection gate and bans, and checks credentials off the event loop
+with brute-force back-off; after, it meters PUBLISH against the client's rate budget.
 """
 
 from __future__ import annotations
@@ -11,33 +12,64 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import structlog
 
 from bastion.broker.core import Broker
 from bastion.config.schema import MqttSettings
-from bastion.mqtt.connection import MqttConnection, ProtocolViolation
-from bastion.mqtt.packets import Connect, Disconnect, Packet, ProtocolVersion
+from bastion.mqtt.connection import Event, MqttConnection, ProtocolViolation
+from bastion.mqtt.packets import Connect, Disconnect, Packet, ProtocolVersion, Publish
 from bastion.mqtt.reason_codes import ReasonCode
+from bastion.security.audit import SecurityEvent, SecurityEventKind
+from bastion.security.defences import Defences
+from bastion.security.limits import ClientRateLimiter, RateVerdict
+from bastion.security.policy import AuthResult, Policy
+from bastion.security.tls import identity_from_peer_cert
 
 if TYPE_CHECKING:
     from bastion.broker.sessions import Session
 
 log = structlog.get_logger("bastion.transport")
 
-# Above this many buffered outgoing bytes a client counts as slow: its QoS 0 messages are
-# dropped instead of buffered without bound (QoS 1/2 wait in the session's window).
+# Above this many buffered outgoing bytes a client counts as slow.
 SLOW_CLIENT_BUFFER = 4 * 1024 * 1024
+
+SecuritySink = Callable[[SecurityEvent, float], object]
+
+
+@dataclass
+class Front:
+    """What every connection of one process shares: core, policy, defences, audit sink."""
+
+    broker: Broker
+    settings: MqttSettings
+    policy: Policy
+    defences: Defences
+    report: SecuritySink
+    executor: Executor | None  # where password hashes are checked (None: inline, tests)
+    registry: ConnectionRegistry
+
+
+@dataclass(frozen=True)
+class ListenerInfo:
+    """Per-listener facts a connection needs (TLS itself is set up by ``create_server``)."""
+
+    name: str
+    tls: bool = False
+    identity_mode: str = "none"  # "none", "cn" or "san": certificate identity as username
 
 
 class MqttClientProtocol(asyncio.Protocol):
     """One client connection: the bridge between a socket and the broker core."""
 
-    def __init__(self, broker: Broker, settings: MqttSettings, registry: ConnectionRegistry):
-        self._broker = broker
-        self._settings = settings
-        self._registry = registry
+    def __init__(self, front: Front, listener: ListenerInfo) -> None:
+        self._front = front
+        self._broker = front.broker
+        self._listener = listener
+        settings = front.settings
         self._conn = MqttConnection(
             max_packet_size=settings.max_packet_size,
             receive_maximum=settings.receive_maximum,
@@ -46,10 +78,18 @@ class MqttClientProtocol(asyncio.Protocol):
         )
         self._transport: asyncio.Transport | None = None
         self._session: Session | None = None
+        self._limiter: ClientRateLimiter | None = None
         self._out: list[bytes] = []
+        self._held: list[Event] = []  # events that arrived while CONNECT was being checked
         self._flush_scheduled = False
         self._closing = False
+        self._admitted = False  # counted by the connection gate (release on close)
+        self._connect_seen = False
+        self._paused = False
+        self._lost = False
+        self._certificate_identity: str | None = None
         self.peer = "unknown"
+        self.ip = "unknown"
         self.protocol_version: int = ProtocolVersion.MQTT_3_1_1
         self.keep_alive = 0
         self.opened_at = time.monotonic()
@@ -62,46 +102,214 @@ class MqttClientProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
-            host = str(peername[0])
-            self.peer = f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"
-        self._registry.add(self)
+            self.ip = str(peername[0])
+            self.peer = (
+                f"[{self.ip}]:{peername[1]}" if ":" in self.ip else f"{self.ip}:{peername[1]}"
+            )
+        self._front.registry.add(self)
+        now = time.monotonic()
+        defences = self._front.defences
+        ban = defences.bans.is_banned(ip=self.ip, now=now)
+        if ban is not None:
+            self._report(SecurityEventKind.CONNECTION_REFUSED, f"source banned: {ban.reason}", now)
+            self._shutdown_transport()
+            return
+        decision = defences.gate.admit(self.ip, now)
+        if not decision.admitted:
+            refusal = decision.refusal
+            detail = refusal.name.lower() if refusal is not None else "refused"
+            self._report(SecurityEventKind.CONNECTION_REFUSED, detail, now)
+            self._shutdown_transport()
+            return
+        self._admitted = True
+        if self._listener.identity_mode != "none":
+            self._certificate_identity = identity_from_peer_cert(
+                transport.get_extra_info("peercert"),
+                self._listener.identity_mode,  # type: ignore[arg-type]
+            )
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
         self.last_received = now
         self._broker.stats.bytes_received += len(data)
-        for event in self._conn.receive_data(data):
-            if isinstance(event, ProtocolViolation):
-                self._on_violation(event)
-                return
-            self._dispatch(event, now)
-            if self._closing:
-                return
+        self._handle_events(self._conn.receive_data(data), now)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._registry.discard(self)
+        if self._lost:
+            return
+        self._lost = True
+        self._front.registry.discard(self)
         self._closing = True
+        if self._admitted:
+            self._admitted = False
+            self._front.defences.gate.release(self.ip)
         session, self._session = self._session, None
         if session is not None:
             self._broker.connection_lost(session, time.monotonic())
 
     # -------------------------------------------------------------- dispatching
 
-    def _dispatch(self, packet: Packet, now: float) -> None:
-        if self._session is not None:
-            self._broker.receive(self._session, packet, now)
-            return
-        assert isinstance(packet, Connect)  # the connection guarantees CONNECT comes first
-        self.protocol_version = packet.protocol_version
-        self._session = self._broker.connect(self, packet, now)
+    def _handle_events(self, events: list[Event], now: float) -> None:
+        for index, event in enumerate(events):
+            if self._closing:
+                return
+            if isinstance(event, ProtocolViolation):
+                self._on_violation(event, now)
+                return
+            if self._session is None:
+                assert isinstance(event, Connect)  # the connection guarantees CONNECT first
+                self._held = list(events[index + 1 :])
+                self._start_admission(event)
+                return
+            if isinstance(event, Publish) and not self._meter(event, now):
+                return
+            self._broker.receive(self._session, event, now)
 
-    def _on_violation(self, violation: ProtocolViolation) -> None:
+    def _meter(self, packet: Publish, now: float) -> bool:
+        """Charge a PUBLISH to the client's budget; False if the client was disconnected."""
+        limiter = self._limiter
+        if limiter is None:
+            return True
+        decision = limiter.check_publish(now, len(packet.payload))
+        if decision.verdict is RateVerdict.ALLOW:
+            return True
+        reason = int(decision.reason) if decision.reason is not None else None
+        self._report(
+            SecurityEventKind.RATE_LIMITED,
+            decision.verdict.value,
+            now,
+            reason=reason,
+            topic=packet.topic,
+        )
+        if decision.verdict is RateVerdict.EXCEED:
+            self.close(reason if reason is not None else ReasonCode.MESSAGE_RATE_TOO_HIGH)
+            return False
+        self._pause_for(decision.delay)
+        return True
+
+    def _pause_for(self, delay: float) -> None:
+        transport = self._transport
+        if self._paused or transport is None or delay <= 0:
+            return
+        self._paused = True
+        transport.pause_reading()
+        asyncio.get_running_loop().call_later(delay, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._closing or self._transport is None:
+            return
+        self.last_received = time.monotonic()  # time spent paused is ours, not the client's
+        self._transport.resume_reading()
+
+    # ---------------------------------------------------------------- admission
+
+    def _start_admission(self, packet: Connect) -> None:
+        self._connect_seen = True
+        self.protocol_version = packet.protocol_version
+        if self._transport is not None:
+            self._transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._admit(packet))
+        self._front.registry.track(task)
+
+    async def _admit(self, packet: Connect) -> None:
+        try:
+            result = await self._authenticate(packet)
+            if self._closing:
+                return
+            now = time.monotonic()
+            self._session = self._broker.connect(self, packet, now, auth=result)
+            if self._session is None or result.identity is None:
+                return
+            profile = self._front.defences.profile_for(result.identity.username)
+            self._limiter = ClientRateLimiter(profile)
+            held, self._held = self._held, []
+            self._handle_events(held, now)
+            if not self._closing and self._transport is not None and not self._paused:
+                self._transport.resume_reading()
+        except Exception:  # never let one client's admission take the loop down
+            log.exception("connect.failed", peer=self.peer)
+            self._shutdown_transport()
+
+    async def _authenticate(self, packet: Connect) -> AuthResult:
+        """Bans, reconnect storms, credentials and brute-force back-off, in that order."""
+        front = self._front
+        defences = front.defences
+        now = time.monotonic()
+        username = packet.username
+        ban = defences.bans.is_banned(
+            ip=self.ip, username=username, client_id=packet.client_id or None, now=now
+        )
+        if ban is None:
+            for new_ban in defences.flaps.record_connect(packet.client_id or None, self.ip, now):
+                front.report(SecurityEvent.from_ban(new_ban), now)
+                ban = new_ban
+        if ban is not None:
+            self._report(
+                SecurityEventKind.BANNED, ban.reason, now, reason=ReasonCode.BANNED, connect=packet
+            )
+            return AuthResult(ReasonCode.BANNED, message="banned for a while")
+        wait = defences.auth_failures.connack_delay(self.ip, username, now)
+        result = await self._check_credentials(packet)
+        now = time.monotonic()
+        if result.reason_code:
+            outcome = defences.auth_failures.record_failure(self.ip, username, now)
+            self._report(
+                SecurityEventKind.AUTH_FAILURE,
+                result.message,
+                now,
+                reason=result.reason_code,
+                connect=packet,
+            )
+            for new_ban in outcome.new_bans:
+                front.report(SecurityEvent.from_ban(new_ban), now)
+            wait = max(wait, outcome.delay)
+        else:
+            defences.auth_failures.record_success(self.ip, username)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return result
+
+    async def _check_credentials(self, packet: Connect) -> AuthResult:
+        front = self._front
+        args = (packet.client_id, packet.username, packet.password, self.peer)
+        identity = self._certificate_identity
+        slow = packet.username is not None and front.policy.passwords is not None
+        if not slow or front.executor is None or identity is not None:
+            return front.policy.authenticate(*args, certificate_identity=identity)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(front.executor, front.policy.authenticate, *args)
+
+    # --------------------------------------------------------------- reporting
+
+    def _report(
+        self,
+        kind: SecurityEventKind,
+        detail: str,
+        now: float,
+        *,
+        reason: int | None = None,
+        topic: str | None = None,
+        connect: Connect | None = None,
+    ) -> None:
+        username = None
+        client_id = None
+        if connect is not None:
+            username, client_id = connect.username, connect.client_id
+        elif self._session is not None:
+            client_id = self._session.client_id
+        event = SecurityEvent(kind, detail, client_id, username, self.ip, reason, topic)
+        self._front.report(event, now)
+
+    def _on_violation(self, violation: ProtocolViolation, now: float) -> None:
         log.info(
             "protocol.violation",
             peer=self.peer,
             reason=f"0x{violation.reason:02X}",
             detail=violation.message,
         )
+        # The core counts it and reports the security event (typed: invalid UTF-8 or not).
+        self._broker.protocol_violation(self._session, self.peer, violation, now)
         response = self._conn.violation_response(violation)
         if response:
             self._write(response)
@@ -123,7 +331,11 @@ class MqttClientProtocol(asyncio.Protocol):
         """Close the connection, first sending DISCONNECT(reason) to an MQTT 5 client."""
         if self._closing:
             return
-        if reason_code is not None and self.protocol_version == ProtocolVersion.MQTT_5:
+        if (
+            reason_code is not None
+            and self.protocol_version == ProtocolVersion.MQTT_5
+            and self._session is not None
+        ):
             data = self._conn.send(Disconnect(reason_code=reason_code))
             if data:
                 self._write(data)
@@ -173,9 +385,15 @@ class MqttClientProtocol(asyncio.Protocol):
         if self._closing:
             return
         if self._session is None:
-            if now - self.opened_at > self._settings.connect_timeout:
+            if (
+                not self._connect_seen
+                and now - self.opened_at > self._front.settings.connect_timeout
+            ):
                 log.info("connect.timeout", peer=self.peer)
+                self._report(SecurityEventKind.CONNECT_TIMEOUT, "no CONNECT in time", now)
                 self._shutdown_transport()
+            return
+        if self._paused:
             return
         if self.keep_alive and now - self.last_received > 1.5 * self.keep_alive:
             log.info("keepalive.timeout", peer=self.peer, keep_alive=self.keep_alive)
@@ -187,12 +405,18 @@ class ConnectionRegistry:
 
     def __init__(self) -> None:
         self._live: set[MqttClientProtocol] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def add(self, protocol: MqttClientProtocol) -> None:
         self._live.add(protocol)
 
     def discard(self, protocol: MqttClientProtocol) -> None:
         self._live.discard(protocol)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Keep a reference to a connection's background task until it ends."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -205,17 +429,17 @@ class ConnectionRegistry:
         """Close every connection still open (after the broker said goodbye to its clients)."""
         for protocol in list(self._live):
             protocol.abort_quietly()
+        for task in list(self._tasks):
+            task.cancel()
 
 
-def protocol_factory(
-    broker: Broker, settings: MqttSettings, registry: ConnectionRegistry
-) -> Callable[[], MqttClientProtocol]:
+def protocol_factory(front: Front, listener: ListenerInfo) -> Callable[[], MqttClientProtocol]:
     """The factory ``loop.create_server`` calls for each accepted socket."""
 
     def factory() -> MqttClientProtocol:
-        return MqttClientProtocol(broker, settings, registry)
+        return MqttClientProtocol(front, listener)
 
     return factory
 
 
-__all__ = ["ConnectionRegistry", "MqttClientProtocol", "protocol_factory"]
+__all__ = ["ConnectionRegistry", "Front", "ListenerInfo", "MqttClientProtocol", "protocol_factory"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from bastion.broker.core import Broker
 from bastion.broker.sessions import Session
+from bastion.broker.stats import BrokerStats
 from bastion.config.schema import MqttSettings
 from bastion.mqtt.packets import (
     NO_PROPERTIES,
@@ -30,6 +31,7 @@ from bastion.mqtt.packets import (
     Unsubscribe,
     Will,
 )
+from bastion.security.audit import SecurityEvent
 from bastion.security.policy import ClientIdentity, Policy
 
 
@@ -68,6 +70,40 @@ class FakeLink:
         return bool(self.closes)
 
 
+@dataclass
+class EventRecorder:
+    """A security event sink that keeps every event with the ``now`` it came with."""
+
+    events: list[SecurityEvent] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    def __call__(self, event: SecurityEvent, now: float) -> None:
+        self.events.append(event)
+        self.times.append(now)
+
+    def details(self) -> list[str]:
+        return [event.detail for event in self.events]
+
+
+@dataclass
+class LogRecorder:
+    """Stands in for the structlog logger of ``SecurityLog``: (level, event, fields)."""
+
+    lines: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
+
+    def info(self, event: str, **fields: object) -> None:
+        self.lines.append(("info", event, fields))
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.lines.append(("warning", event, fields))
+
+    def exception(self, event: str, **fields: object) -> None:
+        self.lines.append(("exception", event, fields))
+
+    def events(self, prefix: str = "security.") -> list[str]:
+        return [event for _, event, _ in self.lines if event.startswith(prefix)]
+
+
 class DenyingPolicy(Policy):
     """Anonymous access, with chosen topics denied for publish, subscribe or receive."""
 
@@ -100,8 +136,20 @@ class Harness:
         values: dict[str, object] = {"sys_interval": 0}
         values.update(settings)
         self.settings = MqttSettings.model_validate(values)
-        self.broker = Broker(self.settings, policy or Policy(allow_anonymous=True), version="9.9.9")
+        self.events = EventRecorder()
+        self.broker = Broker(
+            self.settings,
+            policy or Policy(allow_anonymous=True),
+            version="9.9.9",
+            on_security_event=self.events,
+        )
+        self.log = LogRecorder()
+        self.broker.security.logger = self.log
         self.now = 100.0
+
+    @property
+    def stats(self) -> BrokerStats:
+        return self.broker.stats
 
     def advance(self, seconds: float) -> float | None:
         """Move the clock forward and let the broker run its timers."""
@@ -265,4 +313,4 @@ class Client:
         self.harness.broker.connection_lost(self.live, self.harness.now)
 
 
-__all__ = ["Client", "DenyingPolicy", "FakeLink", "Harness"]
+__all__ = ["Client", "DenyingPolicy", "EventRecorder", "FakeLink", "Harness", "LogRecorder"]

@@ -132,7 +132,12 @@ def test_authenticate_sees_client_id_credentials_and_peer() -> None:
 
     class Recording(Policy):
         def authenticate(
-            self, client_id: str, username: str | None, password: bytes | None, peer: str
+            self,
+            client_id: str,
+            username: str | None,
+            password: bytes | None,
+            peer: str,
+            certificate_identity: str | None = None,
         ) -> AuthResult:
             seen.append((client_id, username, password, peer))
             return AuthResult(ReasonCode.BAD_USER_NAME_OR_PASSWORD, message="bad password")

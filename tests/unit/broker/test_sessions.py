@@ -57,6 +57,57 @@ def test_outbox_queue_bound() -> None:
     assert len(outbox) == 2
 
 
+def test_outbox_counts_bytes_everywhere() -> None:
+    outbox = Outbox(max_queued=10, max_queued_bytes=100, max_inflight_bytes=100)
+    d = Delivery(message(b"x" * 9), 1, False)  # topic "t": 10 bytes
+    item = outbox.start(d)
+    outbox.start(d)
+    assert outbox.inflight_bytes == 20
+    outbox.finish(item.packet_id)
+    outbox.finish(item.packet_id)  # unknown now: nothing changes
+    assert outbox.inflight_bytes == 10
+    assert outbox.enqueue(d)
+    assert outbox.enqueue(Delivery(message(b"y" * 9, expires_at=5.0), 1, False))
+    assert outbox.queued_bytes == 20
+    assert outbox.purge_expired(10.0) == 1
+    assert outbox.queued_bytes == 10
+    assert outbox.dequeue() is d
+    assert outbox.queued_bytes == 0
+
+
+def test_outbox_queue_byte_bound() -> None:
+    outbox = Outbox(max_queued=10, max_queued_bytes=25)
+    ten = Delivery(message(b"x" * 9), 1, False)
+    assert outbox.enqueue(ten)
+    assert outbox.enqueue(ten)
+    assert not outbox.enqueue(ten)  # 30 > 25
+    assert outbox.enqueue(Delivery(message(b"xxxx"), 1, False))  # 25: fits exactly
+
+
+def test_outbox_room_counts_messages_and_bytes() -> None:
+    outbox = Outbox(max_queued=10, max_inflight_bytes=15)
+    assert outbox.has_room(2)
+    outbox.start(Delivery(message(b"x" * 99), 1, False))  # 100 bytes: alone is fine
+    assert not outbox.has_room(2)
+    assert not Outbox(max_queued=0).has_room(0)
+
+
+def test_outbox_take_shared_passes_attempts_and_keeps_byte_counts() -> None:
+    group = SharedGroup("g", "t")
+    outbox = Outbox(max_queued=10)
+    item = outbox.start(Delivery(message(b"shared"), 1, False, group=group), attempts=2)
+    outbox.enqueue(Delivery(message(b"queued"), 1, False, group=group))
+    offered: list[Delivery] = []
+
+    def move(delivery: Delivery) -> bool:
+        offered.append(delivery)
+        return True
+
+    outbox.take_shared(move)
+    assert [d.attempts for d in offered] == [item.attempts, 0]
+    assert (outbox.inflight_bytes, outbox.queued_bytes, len(outbox)) == (0, 0, 0)
+
+
 def test_outbox_take_shared_offers_unreleased_group_copies_in_order() -> None:
     group = SharedGroup("g", "t")
     outbox = Outbox(max_queued=10)

@@ -22,6 +22,7 @@ from bastion.config import (
     parse_listen_address,
 )
 from bastion.errors import ConfigError
+from bastion.security.acl import AclRules
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -100,6 +101,22 @@ def test_the_example_file_loads() -> None:
         "[::1]:1883",
     ]
     assert settings.security.allow_anonymous is True
+
+
+def test_the_production_example_loads_and_is_hardened() -> None:
+    examples = REPO / "examples"
+    settings = load_settings(examples / "production.toml")
+    [listener] = settings.listeners
+    assert listener.port == 8883
+    assert listener.tls is not None
+    assert listener.tls.min_version == "1.3"
+    assert listener.tls.certfile == str(examples / "pki" / "server.crt")
+    assert settings.security.allow_anonymous is False
+    assert settings.security.acl_file == str(examples / "acl.conf")
+    rules = AclRules.load(settings.security.acl_file)
+    assert rules.check("sensor1", "sensor1", "temp/sensor1", "write").allowed
+    assert not rules.check("sensor1", "sensor1", "temp/sensor2", "write").allowed
+    assert not rules.check("dashboard", "d", "$SYS/broker/uptime", "read").allowed
 
 
 def test_bracketed_ipv6_host_is_normalised(tmp_path: Path) -> None:
@@ -445,3 +462,49 @@ def test_parse_listen_address_rejects(text: str, message: str) -> None:
 def test_parse_listen_address_round_trips(port: int, host: str) -> None:
     listener = ListenerSettings(host=host, port=port)
     assert parse_listen_address(listener.address) == (host, port)
+
+
+def test_relative_security_and_tls_paths_follow_the_config_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[security]\npassword_file = "passwd"\nacl_file = "/etc/bastion/acl"\n\n'
+        "[[listeners]]\nport = 8883\n[listeners.tls]\n"
+        'certfile = "pki/server.crt"\nkeyfile = "pki/server.key"\ncafile = "pki/ca.crt"\n',
+    )
+    settings = load_settings(path)
+    assert settings.security.password_file == str(tmp_path / "passwd")
+    assert settings.security.acl_file == "/etc/bastion/acl"
+    tls = settings.listeners[0].tls
+    assert tls is not None
+    assert tls.certfile == str(tmp_path / "pki/server.crt")
+    assert tls.cafile == str(tmp_path / "pki/ca.crt")
+    assert tls.min_version == "1.3"
+
+
+def test_client_certificate_options_need_a_ca(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[listeners]]\nport = 8883\n[listeners.tls]\ncertfile = "c"\nkeyfile = "k"\n'
+        "require_certificate = true\n",
+    )
+    assert problems(path) == [
+        f"{path}: listeners[0].tls: require_certificate needs cafile "
+        "(the CA that client certificates chain to)"
+    ]
+
+
+def test_tls_below_1_2_is_not_a_choice(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[listeners]]\nport = 8883\n[listeners.tls]\ncertfile = "c"\nkeyfile = "k"\n'
+        'min_version = "1.1"\n',
+    )
+    [problem] = problems(path)
+    assert "listeners[0].tls.min_version" in problem
+
+
+def test_acl_file_and_acl_table_are_exclusive(tmp_path: Path) -> None:
+    path = write(tmp_path, '[security]\nacl_file = "x"\n[security.acl]\nrules = []\n')
+    assert problems(path) == [
+        f"{path}: security: set either acl_file or the [security.acl] table, not both"
+    ]
