@@ -24,7 +24,9 @@ def _cell(text: str) -> str:
 
 
 def _default(info: SettingInfo) -> str:
-    return "*unset*" if info.default == "unset" else f"`{_cell(info.default)}`"
+    if info.default in ("unset", "required"):
+        return f"*{info.default}*"
+    return f"`{_cell(info.default)}`"
 
 
 def _table_description(table: str) -> str:

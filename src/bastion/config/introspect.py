@@ -181,6 +181,10 @@ def expectation(field: FieldInfo) -> str:
     element = _list_element(tp)
     if element is not None and _is_model(element):
         return "an array of tables"
+    if element is str:
+        return "an array of strings"
+    if get_origin(tp) is dict:
+        return "a table"
     return f"a value of type {tp}"
 
 
@@ -196,7 +200,7 @@ def render_value(value: object) -> str:
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
-        return "an array"
+        return "[]" if not value else "an array"
     if isinstance(value, dt.date | dt.time):
         return f"a date/time ({value.isoformat()})"
     if value is None:
@@ -205,6 +209,8 @@ def render_value(value: object) -> str:
 
 
 def _default_text(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
     default = field.get_default(call_default_factory=True)
     return "unset" if default is None else render_value(default)
 

@@ -61,24 +61,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-FilePath = Annotated[str, Field(min_length=1, max_length=4096)]
+_PATH_MAX = 4096
 
 
 class TlsListenerSettings(_Section):
     """TLS for one listener (a ``[listeners.tls]`` table); relative paths are resolved
     against the directory of the configuration file."""
 
-    certfile: FilePath = Field(description="PEM server certificate (chain) file.")
-    keyfile: FilePath = Field(description="PEM private key of the server certificate.")
-    cafile: FilePath | None = Field(
+    certfile: str = Field(
+        min_length=1, max_length=_PATH_MAX, description="PEM server certificate (chain) file."
+    )
+    keyfile: str = Field(
+        min_length=1, max_length=_PATH_MAX, description="PEM private key of the server certificate."
+    )
+    cafile: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=_PATH_MAX,
         description=(
             "PEM CA certificates that client certificates must chain to. Setting it makes "
             "client certificates optional (verified when presented)."
         ),
     )
-    crlfile: FilePath | None = Field(
+    crlfile: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=_PATH_MAX,
         description="PEM certificate revocation list checked for client certificates.",
     )
     min_version: Literal["1.2", "1.3"] = Field(
@@ -393,15 +401,19 @@ class SecuritySettings(_Section):
             "development only."
         ),
     )
-    password_file: FilePath | None = Field(
+    password_file: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=_PATH_MAX,
         description=(
             "Password file: `user:hash` lines with argon2id hashes (`bastion passwd`) or "
             "Mosquitto's `$6$`/`$7$` hashes (`mosquitto_passwd`), verified as they are."
         ),
     )
-    acl_file: FilePath | None = Field(
+    acl_file: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=_PATH_MAX,
         description=(
             "ACL file in Mosquitto's `acl_file` syntax (`user`, `topic [read|write|readwrite|"
             "deny]`, `pattern` with `%u`/`%c`). Deny by default."
@@ -414,14 +426,16 @@ class SecuritySettings(_Section):
             "`pattern`, plus `access` and `topic`); an alternative to `acl_file`."
         ),
     )
-    audit_log: FilePath | None = Field(
+    audit_log: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=_PATH_MAX,
         description=(
             "File that receives one JSON line per security event (repeats aggregated). "
             "Without it, security events go to the main log."
         ),
     )
-    client_id_patterns: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+    client_id_patterns: list[str] = Field(
         default_factory=list,
         description=(
             "Client ids an authenticated user may use, as globs with `%u` for the username "
@@ -429,6 +443,18 @@ class SecuritySettings(_Section):
             "no restriction."
         ),
     )
+
+    @field_validator("client_id_patterns")
+    @classmethod
+    def _patterns_are_sane(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not 1 <= len(pattern) <= 256:
+                raise PydanticCustomError(
+                    "bastion_client_id_pattern",
+                    "expected patterns of 1 to 256 characters, got {pattern}",
+                    {"pattern": json.dumps(pattern)},
+                )
+        return patterns
 
     @model_validator(mode="after")
     def _one_acl_source(self) -> SecuritySettings:
@@ -521,7 +547,7 @@ class LimitsSettings(_Section):
         default=20, ge=1, description="Connects per client id within `flap_window` before a ban."
     )
     flap_connects_per_ip: int = Field(
-        default=100, ge=1, description="Connects per source IP within `flap_window` before a ban."
+        default=300, ge=1, description="Connects per source IP within `flap_window` before a ban."
     )
     flap_window: float = Field(
         default=60.0, gt=0, allow_inf_nan=False, description="Reconnect-storm window (s)."
