@@ -30,7 +30,7 @@ def test_policy_from_files(tmp_path: Path) -> None:
 
 
 def test_policy_from_toml_rules() -> None:
-    rules = {"rules": [{"user": "s1", "access": "write", "topic": "temp/s1"}]}
+    rules: dict[str, object] = {"rules": [{"user": "s1", "access": "write", "topic": "temp/s1"}]}
     policy = build_policy(SecuritySettings(acl=rules))
     assert policy.may_publish(ClientIdentity("s1", "s1", "p"), "temp/s1")
 
