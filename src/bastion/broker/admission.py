@@ -48,6 +48,8 @@ class Admission:
     keep_alive_changed: bool  # differs from the client's: told as Server Keep Alive
     window: int  # outbound QoS 1/2 messages allowed unacknowledged
     problem_information: bool  # the client accepts reason strings
+    auth_method: str | None = None  # MQTT 5 enhanced authentication method used, echoed
+    auth_data: bytes | None = None  # its last message for the client (CONNACK)
 
 
 def admit(
@@ -64,12 +66,22 @@ def admit(
 
     ``auth`` is the answer of ``policy.authenticate`` when the transport already asked it
     (off the event loop: password hashing is slow on purpose); otherwise it is asked here.
+    A CONNECT with an Authentication Method is refused (0x8C) unless ``auth`` is the outcome
+    of the transport's exchange for that method (a failed outcome keeps its own code).
     """
     v5 = packet.protocol_version >= ProtocolVersion.MQTT_5
     props = packet.properties
-    if v5 and props.authentication_method is not None:
+    method = props.authentication_method if v5 else None
+    if method is not None and (
+        auth is None or (not auth.reason_code and auth.auth_method != method)
+    ):
         return Refusal(
-            ReasonCode.BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported"
+            ReasonCode.BAD_AUTHENTICATION_METHOD,
+            f"authentication method {method!r} is not supported",
+        )
+    if v5 and method is None and props.authentication_data is not None:
+        return Refusal(  # §3.1.2.11.10
+            ReasonCode.PROTOCOL_ERROR, "Authentication Data without an Authentication Method"
         )
     client_id, assigned = packet.client_id, False
     if not client_id:
@@ -107,6 +119,8 @@ def admit(
         keep_alive_changed=keep_alive != packet.keep_alive,
         window=min(settings.max_inflight_messages, receive_maximum or DEFAULT_RECEIVE_MAXIMUM),
         problem_information=props.request_problem_information != 0,
+        auth_method=method,
+        auth_data=result.auth_data if method is not None else None,
     )
 
 
@@ -177,6 +191,8 @@ def connack_properties(admission: Admission, packet: Connect, settings: MqttSett
         subscription_identifier_available=available[settings.subscription_identifier_available],
         shared_subscription_available=available[settings.shared_subscription_available],
         response_information=f"response/{admission.client_id}" if request_info else None,
+        authentication_method=admission.auth_method,
+        authentication_data=admission.auth_data,
     )
 
 

@@ -38,6 +38,7 @@ from bastion.errors import ProtocolError
 from bastion.mqtt.connection import ProtocolViolation
 from bastion.mqtt.packets import (
     NO_PROPERTIES,
+    Auth,
     Connack,
     Connect,
     Disconnect,
@@ -144,6 +145,7 @@ class Broker:
         )
         connection.will = packet.will
         connection.connect_expiry_interval = result.requested_expiry
+        connection.auth_method = result.auth_method
         state.connection = connection
         self.stats.client_connected()
         self._refresh_counts()
@@ -319,7 +321,17 @@ class Broker:
                 router.send(session, Pingresp())
             case Disconnect():
                 self._on_disconnect(session, packet, now)
-            case _:  # CONNECT again, AUTH without a method, or a server-to-client packet
+            case Auth() if (
+                session.auth_method is not None and packet.reason_code == ReasonCode.REAUTHENTICATE
+            ):
+                # Re-authentication (§4.12.1) is not offered: the client must reconnect.
+                self._protocol_error(
+                    session,
+                    ReasonCode.BAD_AUTHENTICATION_METHOD,
+                    "re-authentication is not supported",
+                    now,
+                )
+            case _:  # CONNECT again, AUTH outside an exchange, or a server-to-client packet
                 self._protocol_error(
                     session, ReasonCode.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}", now
                 )

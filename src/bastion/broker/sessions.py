@@ -198,6 +198,7 @@ class Session:
     """
 
     __slots__ = (
+        "auth_method",
         "connect_expiry_interval",
         "identity",
         "keep_alive",
@@ -230,6 +231,7 @@ class Session:
         self.will: Will | None = None
         self.connect_expiry_interval = state.expiry_interval
         self.open = True
+        self.auth_method: str | None = None  # MQTT 5 enhanced authentication used at CONNECT
 
     @property
     def client_id(self) -> str:

@@ -1,8 +1,8 @@
 """``bastion passwd FILE USER``: add, change or delete a user in a password file.
 
-New hashes are argon2id (``security/passwords.py``); existing lines, including Mosquitto's
-``$6$``/``$7$`` hashes and comments, are kept as they are. The file is replaced atomically
-with mode 0600.
+New hashes are argon2id, or SCRAM-SHA-256 credentials with ``--scram`` (``security/passwords.py``);
+existing lines, including Mosquitto's ``$6$``/``$7$`` hashes and comments, are kept as they are.
+The file is replaced atomically with mode 0600.
 """
 
 from __future__ import annotations
@@ -50,15 +50,24 @@ def _read_password(from_stdin: bool) -> bytes:
     help="Read the password from the first line of standard input instead of prompting.",
 )
 @click.option("-D", "--delete", is_flag=True, help="Delete USER from FILE.")
-def passwd(file: Path, user: str, password_stdin: bool, delete: bool) -> None:
+@click.option(
+    "--scram",
+    is_flag=True,
+    help="Store a SCRAM-SHA-256 credential instead of argon2id: USER can then log in with "
+    "MQTT 5 enhanced authentication (SCRAM-SHA-256) as well as with a plain password.",
+)
+def passwd(file: Path, user: str, password_stdin: bool, delete: bool, scram: bool) -> None:
     """Set USER's password in FILE (created if missing), or delete USER with -D.
 
     \b
     Examples:
       bastion passwd passwd sensor1                     # prompts twice
       echo "$SECRET" | bastion passwd passwd sensor1 --password-stdin
+      bastion passwd passwd sensor1 --scram             # for MQTT 5 SCRAM-SHA-256 clients
       bastion passwd passwd sensor1 -D
     """
+    if delete and scram:
+        _fail("--scram and -D cannot be used together")
     try:
         validate_username(user)
     except ValueError as exc:
@@ -74,11 +83,14 @@ def passwd(file: Path, user: str, password_stdin: bool, delete: bool) -> None:
         action = "deleted"
     else:
         existed = user in passwords
-        passwords.set(user, _read_password(password_stdin))
+        if scram:
+            passwords.set_scram(user, _read_password(password_stdin))
+        else:
+            passwords.set(user, _read_password(password_stdin))
         action = "updated" if existed else "added"
     try:
         passwords.save(file)
     except OSError as exc:
         _fail(f"{file}: cannot write: {exc.strerror or exc}")
-    suffix = "" if delete else " (argon2id)"
+    suffix = "" if delete else (" (scram-sha-256)" if scram else " (argon2id)")
     click.echo(f"bastion: {action} user {user!r} in {file}{suffix}", err=True)

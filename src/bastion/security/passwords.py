@@ -1,7 +1,8 @@
-"""Password files of ``user:hash`` lines: argon2id for new hashes, Mosquitto ``$6$``/``$7$`` read.
+"""Password files of ``user:hash`` lines: argon2id or SCRAM-SHA-256 written, Mosquitto's read.
 
 Pure library, file I/O only in ``load``/``save``: ``security.policy`` asks ``verify`` at CONNECT and
-``bastion passwd`` (cli) uses the write side. ``PasswordFile`` documents the format and timing.
+``scram_credential`` for MQTT 5 SCRAM (``scram.py``); ``bastion passwd`` (cli) uses the write side.
+``PasswordFile`` documents the format and timing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from bastion.errors import ConfigError
+from bastion.security import scram
+from bastion.security.scram import ScramCredential
 
 __all__ = [
     "MAX_PBKDF2_ITERATIONS",
@@ -33,11 +36,13 @@ MOSQUITTO_SALT_BYTES = 12
 """Salt length of ``mosquitto_passwd`` hashes; Mosquitto 2 refuses any other length."""
 
 _SHA512_BYTES = 64
+_SHA256_BYTES = 32
 
 MAX_PBKDF2_ITERATIONS = 10_000_000
 """Upper bound on ``$7$`` iterations: a larger count would make each login a denial of service."""
 
 _ARGON2ID_PREFIX = "$argon2id$"
+_SCRAM_SCHEME = "scram-sha-256"
 _DUMMY_PASSWORD = b"bastion: no such user"
 
 
@@ -65,7 +70,19 @@ class _MosquittoHash:
         return hmac.compare_digest(candidate, self.digest)
 
 
-_Hash = _Argon2Hash | _MosquittoHash
+@dataclass(frozen=True, slots=True)
+class _ScramHash:
+    """A ``$scram-sha-256$`` line: usable for SCRAM and, by deriving, for plain passwords."""
+
+    encoded: str
+    credential: ScramCredential
+
+    def matches(self, password: bytes) -> bool:
+        return scram.verify_password(self.credential, password)
+
+
+_Hash = _Argon2Hash | _MosquittoHash | _ScramHash
+_SCHEMES = "expected $argon2id$, $scram-sha-256$, $7$ or $6$"
 
 
 def validate_username(username: str) -> None:
@@ -119,8 +136,10 @@ def _parse_hash(encoded: str) -> _Hash:
         return _Argon2Hash(encoded)
     fields = encoded.split("$")
     if fields[0] != "" or len(fields) < 2:
-        raise ValueError("unknown hash scheme (expected $argon2id$, $7$ or $6$)")
+        raise ValueError(f"unknown hash scheme ({_SCHEMES})")
     scheme = fields[1]
+    if scheme == _SCRAM_SCHEME:
+        return _parse_scram(encoded, fields)
     if scheme == "7":
         if len(fields) != 5:
             raise ValueError("$7$ hash must be $7$<iterations>$<salt>$<hash>")
@@ -132,10 +151,37 @@ def _parse_hash(encoded: str) -> _Hash:
         iterations = None
         salt_b64, digest_b64 = fields[2], fields[3]
     else:
-        raise ValueError("unknown hash scheme (expected $argon2id$, $7$ or $6$)")
+        raise ValueError(f"unknown hash scheme ({_SCHEMES})")
     salt = _b64(salt_b64, "salt", MOSQUITTO_SALT_BYTES)
     digest = _b64(digest_b64, "hash", _SHA512_BYTES)
     return _MosquittoHash(encoded, salt, digest, iterations)
+
+
+def _parse_scram(encoded: str, fields: list[str]) -> _ScramHash:
+    if len(fields) != 6:
+        raise ValueError(
+            "$scram-sha-256$ hash must be "
+            "$scram-sha-256$<iterations>$<salt>$<stored key>$<server key>"
+        )
+    iterations = _parse_iterations(fields[2])
+    try:
+        salt = base64.b64decode(fields[3].encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("salt is not valid base64") from None
+    stored_key = _b64(fields[4], "stored key", _SHA256_BYTES)
+    server_key = _b64(fields[5], "server key", _SHA256_BYTES)
+    credential = ScramCredential(salt, iterations, stored_key, server_key)  # may raise ValueError
+    return _ScramHash(encoded, credential)
+
+
+def _encode_scram(credential: ScramCredential) -> str:
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode("ascii")
+
+    return (
+        f"${_SCRAM_SCHEME}${credential.iterations}${b64(credential.salt)}"
+        f"${b64(credential.stored_key)}${b64(credential.server_key)}"
+    )
 
 
 class PasswordFile:
@@ -145,8 +191,15 @@ class PasswordFile:
 
     * one ``username:hash`` per line; blank lines and lines whose first non-blank character
       is ``#`` are comments, kept verbatim and in place when the file is saved again;
-    * ``$argon2id$v=19$m=...,t=...,p=...$<salt>$<tag>`` (argon2-cffi's PHC string), the only
-      kind Bastion writes;
+    * ``$argon2id$v=19$m=...,t=...,p=...$<salt>$<tag>`` (argon2-cffi's PHC string), what
+      Bastion writes by default;
+    * ``$scram-sha-256$<iterations>$<base64 salt>$<base64 stored key>$<base64 server key>``
+      (``bastion passwd --scram``): the RFC 5802 credential of SCRAM-SHA-256 — PBKDF2-HMAC-
+      SHA256 of the (SASLprep'd) password, ``StoredKey = SHA-256(HMAC(salted, "Client Key"))``,
+      ``ServerKey = HMAC(salted, "Server Key")``, 32 bytes each; 4096 to 10,000,000
+      iterations, an 8 to 64 byte salt (16 written). Such a user can log in with MQTT 5
+      enhanced authentication (``SCRAM-SHA-256``) *and* with a plain CONNECT password, which
+      is checked by deriving the keys again;
     * ``$7$<iterations>$<base64 salt>$<base64 hash>``: PBKDF2-HMAC-SHA512 of the password
       with the 12-byte salt, 64-byte output (``mosquitto_passwd`` 2.x, its default);
     * ``$6$<base64 salt>$<base64 hash>``: one SHA-512 of ``password || salt`` (12-byte salt;
@@ -156,16 +209,17 @@ class PasswordFile:
     is ignored, as Mosquitto does. Duplicate users are an error (Mosquitto keeps both).
 
     Timing: ``verify`` always costs about one argon2id verification. An unknown user is
-    checked against a dummy argon2id hash, and a ``$6$``/``$7$`` check is padded with the same
-    dummy verification, so neither the answer nor (to the precision of argon2's own cost) the
-    time tells an unknown user from a wrong password. Digests are compared with
-    ``hmac.compare_digest``.
+    checked against a dummy argon2id hash, and a ``$6$``/``$7$``/``$scram-sha-256$`` check is
+    padded with the same dummy verification, so neither the answer nor (to the precision of
+    argon2's own cost) the time tells an unknown user from a wrong password. Digests are
+    compared with ``hmac.compare_digest``.
 
     New hashes use argon2-cffi's defaults, which are RFC 9106's second recommended
     ("low-memory") profile: argon2id, t=3, m=64 MiB, p=4, 16-byte salt, 32-byte tag (about
     50 ms per hash or check). Pass another ``argon2.PasswordHasher`` to change them (tests use
     ``argon2.profiles.CHEAPEST``). A ``$6$``/``$7$`` user, or one hashed with other argon2
     parameters, ``needs_rehash``: the caller may store a new hash after a successful login.
+    A SCRAM user never does (an argon2id hash would end its SCRAM logins).
     """
 
     def __init__(self, hasher: argon2.PasswordHasher | None = None) -> None:
@@ -248,7 +302,7 @@ class PasswordFile:
         entry = self._hashes.get(username)
         if isinstance(entry, _Argon2Hash):
             return self._argon2_verify(entry.encoded, password)
-        # Unknown user or a cheap legacy hash: spend one argon2id verification either way.
+        # Unknown user, a legacy or a SCRAM hash: spend one argon2id verification either way.
         self._argon2_verify(self._dummy, password)
         if entry is None:
             return False
@@ -270,16 +324,42 @@ class PasswordFile:
             return False
         if isinstance(entry, _MosquittoHash):
             return True
+        if isinstance(entry, _ScramHash):
+            return False
         return self._hasher.check_needs_rehash(entry.encoded)
 
     def scheme(self, username: str) -> str | None:
-        """``"argon2id"``, ``"sha512-pbkdf2"`` ($7$), ``"sha512"`` ($6$), or None if unknown."""
+        """``"argon2id"``, ``"scram-sha-256"``, ``"sha512-pbkdf2"`` ($7$), ``"sha512"`` ($6$),
+        or None if unknown."""
         entry = self._hashes.get(username)
         if entry is None:
             return None
         if isinstance(entry, _Argon2Hash):
             return "argon2id"
+        if isinstance(entry, _ScramHash):
+            return _SCRAM_SCHEME
         return "sha512" if entry.iterations is None else "sha512-pbkdf2"
+
+    def scram_credential(self, username: str) -> ScramCredential | None:
+        """The user's SCRAM-SHA-256 credential; None for unknown and non-SCRAM users."""
+        entry = self._hashes.get(username)
+        return entry.credential if isinstance(entry, _ScramHash) else None
+
+    @property
+    def has_scram(self) -> bool:
+        """True when at least one user has a SCRAM-SHA-256 credential."""
+        return any(isinstance(entry, _ScramHash) for entry in self._hashes.values())
+
+    def decoy_secret(self) -> bytes:
+        """A key for SCRAM's fake salts of unknown users, derived from the file's secret hashes.
+
+        Stable while the file is unchanged (restarts included), so an unknown name keeps its
+        fake salt as a real user keeps their salt; any change to the hashes changes it.
+        """
+        digest = hashlib.sha256(b"bastion scram decoy key\x00")
+        for entry in sorted(self._hashes.values(), key=lambda e: e.encoded):
+            digest.update(entry.encoded.encode("utf-8") + b"\n")
+        return digest.digest()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -293,6 +373,19 @@ class PasswordFile:
         if username not in self._hashes:
             self._lines.append((None, username))
         self._hashes[username] = _Argon2Hash(encoded)
+
+    def set_scram(
+        self, username: str, password: bytes, *, iterations: int = scram.DEFAULT_ITERATIONS
+    ) -> None:
+        """Add or replace ``username`` with a fresh SCRAM-SHA-256 credential (random salt).
+
+        ``ValueError`` if the username cannot be stored or the iteration count is out of range.
+        """
+        validate_username(username)
+        credential = scram.derive_credential(password, iterations=iterations)
+        if username not in self._hashes:
+            self._lines.append((None, username))
+        self._hashes[username] = _ScramHash(_encode_scram(credential), credential)
 
     def delete(self, username: str) -> bool:
         """Remove ``username``; False if there was no such user."""

@@ -1,20 +1,23 @@
 """The one security policy every front (MQTT now; CoAP and HTTP later) consults.
 
-Fronts ask it the same questions: may this client connect (``authenticate``), publish
-here, subscribe to this filter, receive this message? Answers come from the password file,
-the client certificate and the compiled ACL (``passwords.py``, ``acl.py``); ``reload``
-swaps them atomically (SIGHUP). Nothing here does I/O except the password hash check,
+Fronts ask it the same questions: may this client connect (``authenticate``, or an MQTT 5
+enhanced authentication method from ``enhanced_auth_methods``), publish here, subscribe to
+this filter, receive this message? Answers come from the password file, the client
+certificate and the compiled ACL (``passwords.py``, ``acl.py``); ``reload`` swaps them
+atomically (SIGHUP). Nothing here does I/O except the password hash check,
 which is deliberately slow and so is run off the event loop by the transport.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 from bastion.security.acl import Access, AclDecision, AclRules, ClientAcl
+from bastion.security.enhanced_auth import AuthMethod, ScramSha256
 from bastion.security.passwords import PasswordFile
 
 
@@ -43,11 +46,18 @@ class ClientIdentity:
 
 @dataclass(frozen=True, slots=True)
 class AuthResult:
-    """Outcome of authenticating a CONNECT: ``reason_code`` 0 means accepted."""
+    """Outcome of authenticating a CONNECT: ``reason_code`` 0 means accepted.
+
+    ``auth_method`` names the MQTT 5 enhanced authentication method whose exchange produced
+    this answer (None for a plain CONNECT); ``auth_data`` is the method's last message for
+    the client, sent as Authentication Data in CONNACK (SCRAM's server-final).
+    """
 
     reason_code: int
     identity: ClientIdentity | None = None
     message: str = ""
+    auth_method: str | None = None
+    auth_data: bytes | None = None
 
 
 # MQTT 5 reason codes used here (security sits beside, not above, the MQTT package).
@@ -65,6 +75,9 @@ class Policy:
     ACL modes: with an ACL (file or TOML), every operation is checked against it, deny by
     default. Without one, the broker is *open* only in development mode
     (``allow_anonymous``); otherwise every topic operation is denied.
+
+    Enhanced authentication: ``auth_methods`` are plugins (``enhanced_auth.AuthMethod``);
+    SCRAM-SHA-256 is added whenever the password file holds a SCRAM credential.
     """
 
     def __init__(
@@ -75,6 +88,7 @@ class Policy:
         acl: AclRules | None = None,
         use_certificate_identity: bool = False,
         client_id_patterns: Sequence[str] = (),
+        auth_methods: Sequence[AuthMethod] = (),
     ) -> None:
         self.allow_anonymous = allow_anonymous
         self.use_certificate_identity = use_certificate_identity
@@ -82,6 +96,8 @@ class Policy:
         self._passwords = passwords
         self._acl = acl
         self._bound: dict[tuple[str | None, str], ClientAcl] = {}
+        self._plugins = tuple(auth_methods)
+        self._methods = _auth_methods(passwords, self._plugins)
 
     # -- configuration -------------------------------------------------------------
 
@@ -94,6 +110,11 @@ class Policy:
         return self._acl
 
     @property
+    def enhanced_auth_methods(self) -> Mapping[str, AuthMethod]:
+        """MQTT 5 Authentication Method name -> method (read-only; rebuilt on ``reload``)."""
+        return self._methods
+
+    @property
     def open_access(self) -> bool:
         """True when no ACL is configured and anonymous access is on (development)."""
         return self._acl is None and self.allow_anonymous
@@ -103,6 +124,7 @@ class Policy:
         self._passwords = passwords
         self._acl = acl
         self._bound.clear()
+        self._methods = _auth_methods(passwords, self._plugins)
 
     # -- authentication ------------------------------------------------------------
 
@@ -132,6 +154,38 @@ class Policy:
             return AuthResult(_BAD_USER_NAME_OR_PASSWORD, message="no password file is configured")
         if not self._passwords.verify(username, password or b""):
             return AuthResult(_BAD_USER_NAME_OR_PASSWORD, message="bad username or password")
+        return self._admit_client_id(
+            ClientIdentity(client_id, username, peer, certificate_identity)
+        )
+
+    def authenticated(
+        self,
+        client_id: str,
+        username: str,
+        peer: str,
+        *,
+        connect_username: str | None = None,
+        certificate_identity: str | None = None,
+    ) -> AuthResult:
+        """Admit a user an enhanced authentication method verified (its ``Success``).
+
+        A User Name in the CONNECT, or a certificate identity used as username, must be that
+        same user (0x86 otherwise); then the client-id rules apply as for passwords.
+        """
+        if connect_username is not None and connect_username != username:
+            return AuthResult(
+                _BAD_USER_NAME_OR_PASSWORD,
+                message="the User Name differs from the authenticated identity",
+            )
+        if (
+            certificate_identity is not None
+            and self.use_certificate_identity
+            and certificate_identity != username
+        ):
+            return AuthResult(
+                _BAD_USER_NAME_OR_PASSWORD,
+                message="the certificate identity differs from the authenticated identity",
+            )
         return self._admit_client_id(
             ClientIdentity(client_id, username, peer, certificate_identity)
         )
@@ -178,6 +232,19 @@ class Policy:
     def forget(self, identity: ClientIdentity) -> None:
         """Drop the compiled ACL of a client that has gone (keeps the cache small)."""
         self._bound.pop((identity.username, identity.client_id), None)
+
+
+def _auth_methods(
+    passwords: PasswordFile | None, plugins: Sequence[AuthMethod]
+) -> Mapping[str, AuthMethod]:
+    """The registry: SCRAM-SHA-256 when the password file has SCRAM users, then plugins."""
+    methods: dict[str, AuthMethod] = {}
+    if passwords is not None and passwords.has_scram:
+        scram = ScramSha256(passwords.scram_credential, decoy_secret=passwords.decoy_secret())
+        methods[scram.name] = scram
+    for method in plugins:
+        methods[method.name] = method
+    return MappingProxyType(methods)
 
 
 def _client_id_matches(pattern: str, username: str, client_id: str) -> bool:

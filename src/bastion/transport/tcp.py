@@ -3,8 +3,9 @@
 Each accepted socket gets an ``MqttClientProtocol`` holding a sans-I/O ``MqttConnection``;
 decoded packets go to the broker core, which answers through this object's ``ClientLink``
 methods (``send``, ``close``, ``set_keep_alive``). Before the core sees a client, the
-front applies the connection gate and bans, and checks credentials off the event loop
-with brute-force back-off; after, it meters PUBLISH against the client's rate budget.
+front applies the connection gate and bans, and checks credentials off the event loop (or
+runs an MQTT 5 enhanced authentication exchange, ``authexchange.py``) with brute-force
+back-off; after, it meters PUBLISH against the client's rate budget.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
 import structlog
@@ -25,9 +26,11 @@ from bastion.mqtt.packets import Connect, Disconnect, Packet, ProtocolVersion, P
 from bastion.mqtt.reason_codes import ReasonCode
 from bastion.security.audit import SecurityEvent, SecurityEventKind
 from bastion.security.defences import Defences
+from bastion.security.enhanced_auth import Failure
 from bastion.security.limits import ClientRateLimiter, RateVerdict
 from bastion.security.policy import AuthResult, Policy
 from bastion.security.tls import identity_from_peer_cert
+from bastion.transport.authexchange import run_exchange
 
 if TYPE_CHECKING:
     from bastion.broker.sessions import Session
@@ -81,11 +84,16 @@ class MqttClientProtocol(asyncio.Protocol):
         self._limiter: ClientRateLimiter | None = None
         self._out: list[bytes] = []
         self._held: list[Event] = []  # events that arrived while CONNECT was being checked
+        # Enhanced authentication: the exchange waiting for the client's next packet, and
+        # the username the client claims (for bans, back-off and audit before it is verified).
+        self._auth_waiter: asyncio.Future[Event | None] | None = None
+        self._claimed_username: str | None = None
         self._flush_scheduled = False
         self._closing = False
         self._admitted = False  # counted by the connection gate (release on close)
         self._connect_seen = False
         self._paused = False
+        self._resume_handle: asyncio.TimerHandle | None = None
         self._lost = False
         self._certificate_identity: str | None = None
         self.peer = "unknown"
@@ -140,6 +148,7 @@ class MqttClientProtocol(asyncio.Protocol):
         self._lost = True
         self._front.registry.discard(self)
         self._closing = True
+        self._wake_auth_waiter()
         if self._admitted:
             self._admitted = False
             self._front.defences.gate.release(self.ip)
@@ -157,6 +166,9 @@ class MqttClientProtocol(asyncio.Protocol):
                 self._on_violation(event, now)
                 return
             if self._session is None:
+                if self._connect_seen:  # admission under way: an exchange may be waiting
+                    self._during_admission(event)
+                    continue
                 assert isinstance(event, Connect)  # the connection guarantees CONNECT first
                 self._held = list(events[index + 1 :])
                 self._start_admission(event)
@@ -164,6 +176,11 @@ class MqttClientProtocol(asyncio.Protocol):
             if isinstance(event, Publish) and not self._meter(event, now):
                 return
             self._broker.receive(self._session, event, now)
+            if self._paused:
+                # Over budget: the rest of this chunk waits for the pause to end, so a
+                # flooder's backlog is handled a budget at a time, never in one long burst.
+                self._held = list(events[index + 1 :])
+                return
 
     def _meter(self, packet: Publish, now: float) -> bool:
         """Charge a PUBLISH to the client's budget; False if the client was disconnected."""
@@ -188,19 +205,33 @@ class MqttClientProtocol(asyncio.Protocol):
         return True
 
     def _pause_for(self, delay: float) -> None:
+        """Stop reading for ``delay`` seconds; a longer debt extends a pause already running."""
         transport = self._transport
-        if self._paused or transport is None or delay <= 0:
+        if transport is None or delay <= 0:
             return
-        self._paused = True
-        transport.pause_reading()
-        asyncio.get_running_loop().call_later(delay, self._resume)
+        loop = asyncio.get_running_loop()
+        resume_at = loop.time() + delay
+        if self._paused:
+            if self._resume_handle is None or resume_at <= self._resume_handle.when():
+                return
+            self._resume_handle.cancel()
+        else:
+            self._paused = True
+            transport.pause_reading()
+        self._resume_handle = loop.call_at(resume_at, self._resume)
 
     def _resume(self) -> None:
         self._paused = False
+        self._resume_handle = None
         if self._closing or self._transport is None:
             return
-        self.last_received = time.monotonic()  # time spent paused is ours, not the client's
-        self._transport.resume_reading()
+        now = time.monotonic()
+        self.last_received = now  # time spent paused is ours, not the client's
+        held, self._held = self._held, []
+        if held:
+            self._handle_events(held, now)
+        if not self._paused and not self._closing:
+            self._transport.resume_reading()
 
     # ---------------------------------------------------------------- admission
 
@@ -252,6 +283,9 @@ class MqttClientProtocol(asyncio.Protocol):
         wait = defences.auth_failures.connack_delay(self.ip, username, now)
         result = await self._check_credentials(packet)
         now = time.monotonic()
+        if self._claimed_username is not None and self._claimed_username != username:
+            username = self._claimed_username  # enhanced authentication named the user
+            wait = max(wait, defences.auth_failures.connack_delay(self.ip, username, now))
         if result.reason_code:
             outcome = defences.auth_failures.record_failure(self.ip, username, now)
             self._report(
@@ -266,11 +300,14 @@ class MqttClientProtocol(asyncio.Protocol):
             wait = max(wait, outcome.delay)
         else:
             defences.auth_failures.record_success(self.ip, username)
-        if wait > 0:
+        if wait > 0 and not self._closing:
             await asyncio.sleep(wait)
         return result
 
     async def _check_credentials(self, packet: Connect) -> AuthResult:
+        method = packet.properties.authentication_method
+        if method is not None and packet.protocol_version >= ProtocolVersion.MQTT_5:
+            return await self._enhanced_auth(packet, method)
         front = self._front
         args = (packet.client_id, packet.username, packet.password, self.peer)
         identity = self._certificate_identity
@@ -279,6 +316,94 @@ class MqttClientProtocol(asyncio.Protocol):
             return front.policy.authenticate(*args, certificate_identity=identity)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(front.executor, front.policy.authenticate, *args)
+
+    async def _enhanced_auth(self, packet: Connect, name: str) -> AuthResult:
+        """Run the method's AUTH exchange (§4.12); unknown methods are refused with 0x8C.
+
+        Re-authentication after CONNACK is not offered (``Broker.receive`` answers AUTH 0x19
+        with DISCONNECT 0x8C). A client that leaves or stays silent past ``connect_timeout``
+        is closed without CONNACK and counted as a failed attempt.
+        """
+        front = self._front
+        method = front.policy.enhanced_auth_methods.get(name)
+        if method is None:
+            return AuthResult(
+                ReasonCode.BAD_AUTHENTICATION_METHOD,
+                message=f"authentication method {name!r} is not supported",
+            )
+        outcome = await run_exchange(
+            method,
+            packet,
+            self,
+            timeout=front.settings.connect_timeout,
+            clock=time.monotonic,
+            check_claim=self._check_claim,
+        )
+        self._claimed_username = outcome.claimed_username
+        step = outcome.step
+        if step is None:
+            log.info("auth.abandoned", peer=self.peer, method=name, detail=outcome.detail)
+            self._shutdown_transport()
+            return AuthResult(ReasonCode.NOT_AUTHORIZED, message=outcome.detail, auth_method=name)
+        if isinstance(step, Failure):
+            return AuthResult(step.reason_code, message=step.message, auth_method=name)
+        result = front.policy.authenticated(
+            packet.client_id,
+            step.username,
+            self.peer,
+            connect_username=packet.username,
+            certificate_identity=self._certificate_identity,
+        )
+        return replace(result, auth_method=name, auth_data=step.data)
+
+    def _check_claim(self, username: str) -> Failure | None:
+        """A claimed username that is banned ends the exchange before any proof is checked."""
+        ban = self._front.defences.bans.is_banned(username=username, now=time.monotonic())
+        if ban is None:
+            return None
+        return Failure(ReasonCode.BANNED, "banned for a while", username)
+
+    async def receive(self, timeout: float) -> Packet | None:
+        """``AuthChannel``: the client's next packet during an exchange (None: closed or late)."""
+        if self._held:
+            held = self._held.pop(0)
+            if isinstance(held, ProtocolViolation):
+                self._on_violation(held, time.monotonic())
+                return None
+            return held
+        transport = self._transport
+        if self._closing or transport is None:
+            return None
+        waiter: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
+        self._auth_waiter = waiter
+        transport.resume_reading()
+        try:
+            event = await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            event = None
+            if not self._closing:
+                transport.pause_reading()  # a packet pauses it in ``_during_admission``
+        finally:
+            self._auth_waiter = None
+        if isinstance(event, ProtocolViolation):
+            self._on_violation(event, time.monotonic())
+            return None
+        return event
+
+    def _during_admission(self, event: Event) -> None:
+        """A packet that arrived after CONNECT, before CONNACK: to the exchange, or held."""
+        waiter = self._auth_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(event)
+            if self._transport is not None:
+                self._transport.pause_reading()  # the rest of this read waits in ``_held``
+        else:
+            self._held.append(event)
+
+    def _wake_auth_waiter(self) -> None:
+        waiter = self._auth_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # --------------------------------------------------------------- reporting
 
@@ -296,6 +421,7 @@ class MqttClientProtocol(asyncio.Protocol):
         client_id = None
         if connect is not None:
             username, client_id = connect.username, connect.client_id
+            username = username if username is not None else self._claimed_username
         elif self._session is not None:
             client_id = self._session.client_id
         event = SecurityEvent(kind, detail, client_id, username, self.ip, reason, topic)
@@ -372,6 +498,7 @@ class MqttClientProtocol(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
+        self._wake_auth_waiter()
         self._flush()
         if self._transport is not None:
             self._transport.close()
