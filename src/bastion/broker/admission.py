@@ -106,6 +106,11 @@ def admit(
         refusal = check_will(packet.will, identity, settings, policy, rules)
         if refusal is not None:
             return refusal
+    elif policy.will_required(identity.username):
+        return Refusal(
+            ReasonCode.NOT_AUTHORIZED,
+            "this account must set a Last Will (e.g. status/<client> = offline)",
+        )
     expiry, requested = session_expiry(packet, settings)
     keep_alive = effective_keep_alive(packet.keep_alive, settings.max_keepalive)
     receive_maximum = props.receive_maximum if v5 else None

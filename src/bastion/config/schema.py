@@ -444,7 +444,16 @@ class SecuritySettings(_Section):
         ),
     )
 
-    @field_validator("client_id_patterns")
+    require_will: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Username globs of device accounts that must set a Last Will in CONNECT (e.g. "
+            '`["sensor*"]`); without one they are refused with 0x87, so a device that '
+            "vanishes is always noticed."
+        ),
+    )
+
+    @field_validator("client_id_patterns", "require_will")
     @classmethod
     def _patterns_are_sane(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:

@@ -53,6 +53,7 @@ def build_policy(security: SecuritySettings) -> Policy:
         acl=acl,
         use_certificate_identity=True,  # only listeners configured for it pass an identity
         client_id_patterns=security.client_id_patterns,
+        require_will=security.require_will,
     )
     if security.allow_anonymous:
         log.warning(

@@ -89,10 +89,12 @@ class Policy:
         use_certificate_identity: bool = False,
         client_id_patterns: Sequence[str] = (),
         auth_methods: Sequence[AuthMethod] = (),
+        require_will: Sequence[str] = (),
     ) -> None:
         self.allow_anonymous = allow_anonymous
         self.use_certificate_identity = use_certificate_identity
         self.client_id_patterns = tuple(client_id_patterns)
+        self.require_will = tuple(require_will)
         self._passwords = passwords
         self._acl = acl
         self._bound: dict[tuple[str | None, str], ClientAcl] = {}
@@ -228,6 +230,16 @@ class Policy:
     def may_receive(self, identity: ClientIdentity, topic: str) -> bool:
         """May this client receive a message published on ``topic``?"""
         return self.check(identity, topic, "read").allowed
+
+    def will_required(self, username: str | None) -> bool:
+        """Must this account set a Last Will? (``require_will`` username globs.)
+
+        Device accounts that must be noticed when they vanish are listed here, so a device
+        cannot connect without the will that reports it offline.
+        """
+        if username is None:
+            return False
+        return any(fnmatch.fnmatchcase(username, pattern) for pattern in self.require_will)
 
     def forget(self, identity: ClientIdentity) -> None:
         """Drop the compiled ACL of a client that has gone (keeps the cache small)."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from brokerkit import DenyingPolicy, FakeLink, Harness
 
-from bastion.mqtt.packets import Auth, Connect, Pingreq, Properties, Suback, Will
+from bastion.mqtt.packets import Auth, Connack, Connect, Pingreq, Properties, Suback, Will
 from bastion.mqtt.reason_codes import ReasonCode
-from bastion.security.policy import AuthResult, Policy
+from bastion.security.policy import AuthResult, ClientIdentity, Policy
 
 
 def test_v5_connack_announces_server_limits() -> None:
@@ -301,3 +301,22 @@ def test_packets_a_client_may_not_send_close_the_connection() -> None:
     old = h.connect("c3", version=4)
     old.send(Suback(1, (0,)))  # a server-to-client packet
     assert old.link.closes == [None]  # 3.1.1: no DISCONNECT, just close
+
+
+def test_device_accounts_must_set_a_will() -> None:
+    h = Harness(Policy(allow_anonymous=True, require_will=("sensor*",)))
+
+    def connect(username: str, will: Will | None) -> Connack:
+        link = FakeLink()
+        packet = Connect(5, f"{username}-c", will=will, username=username)
+        auth = AuthResult(0, ClientIdentity(f"{username}-c", username, link.peer))
+        h.broker.connect(link, packet, h.now, auth=auth)
+        connack = link.sent[0]
+        assert isinstance(connack, Connack)
+        return connack
+
+    refused = connect("sensor1", None)
+    assert refused.reason_code == ReasonCode.NOT_AUTHORIZED
+    assert "Last Will" in (refused.properties.reason_string or "")
+    assert connect("sensor2", Will("status/sensor2", b"offline", retain=True)).reason_code == 0
+    assert connect("dashboard", None).reason_code == 0
