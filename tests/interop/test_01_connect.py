@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from .brokerproc import Broker, bastion_only
-from .conftest import BrokerFactory, Clients, unique
-from .pahoclient import V5, V311
-from .rawclient import MQTT_5, MQTT_311, PacketType, Prop, encode_connect
+from support.brokerproc import Broker, bastion_only
+from support.clients import BrokerFactory, Clients, unique
+from support.pahoclient import V5, V311
+from support.rawclient import MQTT_5, MQTT_311, PacketType, Prop, encode_connect
 
 pytestmark = pytest.mark.interop
 both_versions = pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from .brokerproc import Broker
-from .conftest import Clients, unique
-from .pahoclient import V5, V311
-from .rawclient import (
+from support.brokerproc import Broker
+from support.clients import Clients, unique
+from support.pahoclient import V5, V311
+from support.rawclient import (
     ConnectionClosedError,
     PacketType,
     RawClient,

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from .brokerproc import Broker, bastion_only
-from .conftest import Clients, unique
-from .pahoclient import V5, V311, PahoClient
-from .rawclient import MQTT_5, MQTT_311, PacketType, RawClient, encode_ack, encode_publish
+from support.brokerproc import Broker, bastion_only
+from support.clients import Clients, unique
+from support.pahoclient import V5, V311, PahoClient
+from support.rawclient import MQTT_5, MQTT_311, PacketType, RawClient, encode_ack, encode_publish
 
 pytestmark = pytest.mark.interop
 both_versions = pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .brokerproc import Broker
-from .conftest import Clients
-from .pahoclient import V5, V311
+from support.brokerproc import Broker
+from support.clients import Clients
+from support.pahoclient import V5, V311
 
 pytestmark = pytest.mark.interop
 both_versions = pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])

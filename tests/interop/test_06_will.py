@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from .brokerproc import Broker
-from .conftest import Clients, unique
-from .pahoclient import V5, V311, PahoClient, PahoWill
-from .rawclient import Prop, PropList, Will, encode_publish
+from support.brokerproc import Broker
+from support.clients import Clients, unique
+from support.pahoclient import V5, V311, PahoClient, PahoWill
+from support.rawclient import Prop, PropList, Will, encode_publish
 
 pytestmark = pytest.mark.interop
 both_versions = pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from .brokerproc import USING_MOSQUITTO, Broker, bastion_only
-from .conftest import BrokerFactory, Clients, unique
-from .pahoclient import V5, V311
-from .rawclient import PacketType, Prop, RawClient, Will, decode_disconnect, encode_publish
+from support.brokerproc import USING_MOSQUITTO, Broker, bastion_only
+from support.clients import BrokerFactory, Clients, unique
+from support.pahoclient import V5, V311
+from support.rawclient import PacketType, Prop, RawClient, Will, decode_disconnect, encode_publish
 
 pytestmark = pytest.mark.interop
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from .brokerproc import USING_MOSQUITTO, Broker, bastion_only
-from .conftest import BrokerFactory, Clients, unique
-from .pahoclient import V5, PahoClient, PahoWill, PropInput
-from .rawclient import (
+from support.brokerproc import USING_MOSQUITTO, Broker, bastion_only
+from support.clients import BrokerFactory, Clients, unique
+from support.pahoclient import V5, PahoClient, PahoWill, PropInput
+from support.rawclient import (
     MQTT_5,
     PacketType,
     Prop,

@@ -18,9 +18,9 @@ from typing import IO
 
 import pytest
 
-from .brokerproc import Broker, require_tool
-from .conftest import Clients, unique
-from .pahoclient import V5, V311
+from support.brokerproc import Broker, require_tool
+from support.clients import Clients, unique
+from support.pahoclient import V5, V311
 
 pytestmark = pytest.mark.interop
 

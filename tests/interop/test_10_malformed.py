@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from .brokerproc import USING_MOSQUITTO, Broker, bastion_only
-from .conftest import Clients, unique
-from .pahoclient import V5, V311, PahoClient
-from .rawclient import (
+from support.brokerproc import USING_MOSQUITTO, Broker, bastion_only
+from support.clients import Clients, unique
+from support.pahoclient import V5, V311, PahoClient
+from support.rawclient import (
     MQTT_5,
     MQTT_311,
     PacketType,

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .brokerproc import Broker, start_broker
-from .conftest import Clients, stop_and_check
-from .pahoclient import V5, V311, PahoClient
+from support.brokerproc import Broker, start_broker
+from support.clients import Clients, stop_and_check
+from support.pahoclient import V5, V311, PahoClient
 
 pytestmark = pytest.mark.interop
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from .brokerproc import Broker, port_accepts
-from .conftest import BrokerFactory, Clients, unique
-from .pahoclient import V5, V311, PahoWill
-from .rawclient import MQTT_5, MQTT_311, PacketType, Prop, RawClient, Will, decode_disconnect
+from support.brokerproc import Broker, port_accepts
+from support.clients import BrokerFactory, Clients, unique
+from support.pahoclient import V5, V311, PahoWill
+from support.rawclient import MQTT_5, MQTT_311, PacketType, Prop, RawClient, Will, decode_disconnect
 
 pytestmark = pytest.mark.interop
 SERVER_SHUTTING_DOWN = 0x8B

@@ -1,4 +1,4 @@
-"""A typed, bounded-wait wrapper around paho-mqtt 2.x for the interop tests.
+"""A typed, bounded-wait wrapper around paho-mqtt 2.x for the black-box tests.
 
 paho runs its network loop in a thread (``loop_start``); everything it reports lands in
 thread-safe structures that the test thread waits on with deadlines, never forever.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -150,8 +151,15 @@ class PahoClient:
         keepalive: int = 60,
         properties: Mapping[str, PropInput] | None = None,
         will: PahoWill | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        source: str | None = None,
     ) -> None:
+        """``tls`` is a client context (it verifies the broker); ``source`` binds the local end
+        to that loopback address, so the client has an IP of its own."""
         self.host, self.port, self.version = host, port, version
+        self.source = source
         self.client_id = client_id
         self.clean, self.keepalive = clean, keepalive
         self.connect_properties = dict(properties or {})
@@ -177,6 +185,10 @@ class PahoClient:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = self._on_unsubscribe
         self._client.on_publish = self._on_publish
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if tls is not None:
+            self._client.tls_set_context(tls)
         if will is not None:
             self._client.will_set(
                 will.topic,
@@ -255,6 +267,8 @@ class PahoClient:
             kwargs["clean_start"] = self.clean
             if self.connect_properties:
                 kwargs["properties"] = build_props(CONNECT, self.connect_properties)
+        if self.source is not None:
+            kwargs["bind_address"] = self.source
         self._client.connect(self.host, self.port, self.keepalive, **kwargs)
         if not self._loop_running:
             self._client.loop_start()

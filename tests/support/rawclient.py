@@ -1,4 +1,4 @@
-"""A blocking MQTT 3.1.1 / 5.0 client on a plain TCP socket, for byte-exact interop tests.
+"""A blocking MQTT 3.1.1 / 5.0 client on a TCP (or TLS) socket, for byte-exact black-box tests.
 
 Packets come from ``rawcodec`` (written from the spec, independent of bastion's codec); this
 module owns the socket, framing and deadlines: every read is bounded. The codec's names are
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Sequence
@@ -102,12 +103,34 @@ class RawClient:
     """
 
     def __init__(
-        self, host: str, port: int, *, version: int = MQTT_311, timeout: float = DEFAULT_TIMEOUT
+        self,
+        host: str,
+        port: int,
+        *,
+        version: int = MQTT_311,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        source: str | None = None,
     ) -> None:
+        """Connect (and complete the TLS handshake when ``tls`` is given; it may raise).
+
+        ``source`` binds the local end to that loopback address (127.x.y.z), so a test can
+        play a client on its own IP; ``server_hostname`` defaults to ``host`` for TLS.
+        """
         self.version = version
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=server_hostname or host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self._buf = bytearray()
         self._pending: list[Packet] = []
         self._closed = False
@@ -137,6 +160,11 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    @property
+    def tls_version(self) -> str | None:
+        """The negotiated TLS version ("TLSv1.3"), or None on a plain socket."""
+        return self.sock.version() if isinstance(self.sock, ssl.SSLSocket) else None
+
     def try_send(self, data: bytes) -> bool:
         """Send, reporting instead of raising if the broker already closed the connection."""
         try:
@@ -160,7 +188,7 @@ class RawClient:
             chunk = self.sock.recv(65536)
         except TimeoutError:
             raise TimeoutError("timed out waiting for data from broker") from None
-        except ConnectionError as exc:
+        except (ConnectionError, ssl.SSLError) as exc:  # reset, or TLS torn down
             self._eof = True
             raise ConnectionClosedError(str(exc)) from exc
         if not chunk:
@@ -284,7 +312,7 @@ class RawClient:
         keepalive: int = 60,
         properties: PropList = (),
         will: Will | None = None,
-        username: str | None = None,
+        username: str | bytes | None = None,
         password: bytes | None = None,
         expect_success: bool = True,
     ) -> ConnAck:

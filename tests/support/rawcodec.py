@@ -110,7 +110,8 @@ _PROP_KINDS: Final[dict[int, _Kind]] = {
     Prop.SHARED_SUBSCRIPTION_AVAILABLE: _Kind.BYTE,
 }
 
-PropValue = int | str | bytes | tuple[str, str]
+# A user property pair may be given as bytes, to send invalid UTF-8; decoded pairs are str.
+PropValue = int | str | bytes | tuple[str | bytes, str | bytes]
 PropList = Sequence[tuple[int, PropValue]]
 
 
@@ -201,7 +202,7 @@ def encode_connect(
     keepalive: int = 60,
     properties: PropList = (),
     will: Will | None = None,
-    username: str | None = None,
+    username: str | bytes | None = None,
     password: bytes | None = None,
     protocol_name: bytes = b"MQTT",
     reserved_flag: bool = False,
