@@ -48,6 +48,7 @@ class Admission:
     keep_alive_changed: bool  # differs from the client's: told as Server Keep Alive
     window: int  # outbound QoS 1/2 messages allowed unacknowledged
     problem_information: bool  # the client accepts reason strings
+    max_qos: int  # the connection's Maximum QoS: server, listener and user ceilings
     auth_method: str | None = None  # MQTT 5 enhanced authentication method used, echoed
     auth_data: bytes | None = None  # its last message for the client (CONNACK)
 
@@ -61,11 +62,13 @@ def admit(
     *,
     rules: MessageRules,
     auth: AuthResult | None = None,
+    listener_max_qos: int | None = None,
 ) -> Admission | Refusal:
     """Decide whether ``packet`` is accepted, in the order the spec checks (§3.1.4).
 
     ``auth`` is the answer of ``policy.authenticate`` when the transport already asked it
     (off the event loop: password hashing is slow on purpose); otherwise it is asked here.
+    ``listener_max_qos`` is the QoS ceiling of the listener the client came through.
     A CONNECT with an Authentication Method is refused (0x8C) unless ``auth`` is the outcome
     of the transport's exchange for that method (a failed outcome keeps its own code).
     """
@@ -102,8 +105,11 @@ def admit(
     identity = result.identity or ClientIdentity(client_id, packet.username, peer)
     if identity.client_id != client_id:  # authenticated before the id was assigned
         identity = replace(identity, client_id=client_id)
+    max_qos = effective_max_qos(
+        settings.max_qos, listener_max_qos, policy.max_qos_for(identity.username)
+    )
     if packet.will is not None:
-        refusal = check_will(packet.will, identity, settings, policy, rules)
+        refusal = check_will(packet.will, identity, settings, policy, rules, max_qos=max_qos)
         if refusal is not None:
             return refusal
     elif policy.will_required(identity.username):
@@ -124,6 +130,7 @@ def admit(
         keep_alive_changed=keep_alive != packet.keep_alive,
         window=min(settings.max_inflight_messages, receive_maximum or DEFAULT_RECEIVE_MAXIMUM),
         problem_information=props.request_problem_information != 0,
+        max_qos=max_qos,
         auth_method=method,
         auth_data=result.auth_data if method is not None else None,
     )
@@ -135,11 +142,15 @@ def check_will(
     settings: MqttSettings,
     policy: Policy,
     rules: MessageRules,
+    *,
+    max_qos: int,
 ) -> Refusal | None:
     """Refuse a will the client could not publish as a message (§3.1.2.5 - §3.1.2.7).
 
     The content rules come first: a topic over the limits (0x90), a payload over
     ``max_message_size`` (0x97) or not UTF-8 although marked so (0x99, §3.1.3.2.3).
+    ``max_qos`` is the connection's ceiling (``effective_max_qos``); a will QoS above it
+    gets 0x9B (§3.2.2.3.4).
     """
     rejection = rules.check_message(will.topic, will.payload, will.properties)
     if rejection is not None:
@@ -148,11 +159,16 @@ def check_will(
         )
     if is_broker_topic(will.topic) or not policy.may_publish(identity, will.topic):
         return Refusal(ReasonCode.NOT_AUTHORIZED, "not authorized to publish the will topic")
-    if will.qos > settings.max_qos:
-        return Refusal(ReasonCode.QOS_NOT_SUPPORTED, "will QoS above the server's maximum")
+    if will.qos > max_qos:
+        return Refusal(ReasonCode.QOS_NOT_SUPPORTED, "will QoS above the Maximum QoS")
     if will.retain and not settings.retain_available:
         return Refusal(ReasonCode.RETAIN_NOT_SUPPORTED, "retained wills are not supported")
     return None
+
+
+def effective_max_qos(server: int, listener: int | None, user: int | None) -> int:
+    """A connection's Maximum QoS: the lowest of the server's, listener's and user's ceilings."""
+    return min(server, 2 if listener is None else listener, 2 if user is None else user)
 
 
 def session_expiry(packet: Connect, settings: MqttSettings) -> tuple[int, int]:
@@ -190,7 +206,7 @@ def connack_properties(admission: Admission, packet: Connect, settings: MqttSett
         receive_maximum=settings.receive_maximum,
         maximum_packet_size=settings.max_packet_size,
         topic_alias_maximum=settings.topic_alias_maximum or None,
-        maximum_qos=settings.max_qos if settings.max_qos < 2 else None,
+        maximum_qos=admission.max_qos if admission.max_qos < 2 else None,
         retain_available=available[settings.retain_available],
         wildcard_subscription_available=available[settings.wildcard_subscription_available],
         subscription_identifier_available=available[settings.subscription_identifier_available],
@@ -218,6 +234,7 @@ __all__ = [
     "check_will",
     "connack_properties",
     "effective_keep_alive",
+    "effective_max_qos",
     "refusal_properties",
     "session_expiry",
 ]

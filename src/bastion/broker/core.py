@@ -108,11 +108,19 @@ class Broker:
     # -- connections -------------------------------------------------------------------
 
     def connect(
-        self, link: ClientLink, packet: Connect, now: float, *, auth: AuthResult | None = None
+        self,
+        link: ClientLink,
+        packet: Connect,
+        now: float,
+        *,
+        auth: AuthResult | None = None,
+        listener_max_qos: int | None = None,
     ) -> Session | None:
         """Admit a CONNECT and answer CONNACK; None (and the link closed) if refused.
 
         ``auth``: the policy's authentication answer, when the transport already has it.
+        ``listener_max_qos``: the QoS ceiling of the listener the client came through; with
+        the server's and the user's it makes the connection's Maximum QoS.
         """
         self.stats.messages_received += 1
         result: Admission | Refusal
@@ -127,6 +135,7 @@ class Broker:
                 self._new_client_id,
                 rules=self.rules,
                 auth=auth,
+                listener_max_qos=listener_max_qos,
             )
         if isinstance(result, Refusal):
             self._refuse(link, packet, result, now)
@@ -142,6 +151,7 @@ class Broker:
             window=result.window,
             keep_alive=result.keep_alive,
             problem_information=result.problem_information,
+            max_qos=result.max_qos,
         )
         connection.will = packet.will
         connection.connect_expiry_interval = result.requested_expiry
@@ -162,8 +172,22 @@ class Broker:
             session_present=present,
         )
         if present:
+            self._cap_subscriptions(state.client_id, result.max_qos)
             self.router.resume(connection, now)
         return connection
+
+    def _cap_subscriptions(self, client_id: str, max_qos: int) -> None:
+        """Downgrade a resumed session's subscriptions granted under a higher ceiling.
+
+        The session may have subscribed through another listener (or before the user's
+        ``max_qos`` was set); messages already in flight or queued keep their QoS.
+        """
+        if max_qos >= 2:
+            return
+        for entry in self.subscriptions.subscriptions_of(client_id):
+            if entry.subscription.qos > max_qos:
+                capped = replace(entry.subscription, qos=max_qos)
+                self.subscriptions.add(replace(entry, subscription=capped))
 
     def _new_client_id(self) -> str:
         while True:
@@ -383,7 +407,6 @@ class Broker:
     ) -> tuple[int, bool]:
         """SUBACK code for one filter, and whether its retained messages are due."""
         v5 = session.protocol_version >= _V5
-        settings = self.settings
         try:
             validate_topic_filter(sub.topic_filter)
         except ProtocolError as exc:
@@ -395,7 +418,7 @@ class Broker:
         if refusal is not None:
             log.debug("subscribe.refused", client_id=session.client_id, reason=refusal)
             return (refusal if v5 else _SUBACK_FAILURE_V311), False
-        granted = min(sub.qos, settings.max_qos)
+        granted = min(sub.qos, session.max_qos)
         entry = SubscriptionEntry(session.client_id, replace(sub, qos=granted), identifier)
         is_new = self.subscriptions.add(entry)
         handling = sub.retain_handling

@@ -1,9 +1,10 @@
 """Inbound application messages: a client's PUBLISH and PUBREL, checked before routing.
 
 ``core.py`` dispatches PUBLISH and PUBREL here. ``InboundPublishes`` applies the server's
-capabilities (Maximum QoS, Retain Available), the content rules of ``security.validation``,
-authorization and the bounds on QoS 2 messages awaiting PUBREL (how many, how long), then
-hands the message to the ``Router`` (``delivery.py``) and answers PUBACK/PUBREC/PUBCOMP.
+capabilities (the connection's Maximum QoS, Retain Available), the content rules of
+``security.validation``, authorization and the bounds on QoS 2 messages awaiting PUBREL
+(how many, how long), then hands the message to the ``Router`` (``delivery.py``) and
+answers PUBACK/PUBREC/PUBCOMP.
 
 A refused message is never routed. It is answered in the PUBACK/PUBREC when there is one to
 carry a reason code (MQTT 5, QoS 1/2); otherwise (QoS 0, MQTT 3.1.1) the connection is
@@ -137,7 +138,7 @@ class InboundPublishes:
     def on_publish(self, session: Session, packet: Publish, now: float) -> None:
         """A PUBLISH from ``session``'s client."""
         self.router.stats.publish_messages_received += 1
-        error = self._capability_error(packet)
+        error = self._capability_error(session, packet)
         if error is not None:
             self._protocol_error(session, error, "PUBLISH beyond the server's capabilities", now)
             return
@@ -162,8 +163,13 @@ class InboundPublishes:
         else:
             self._accept(session, packet, now)
 
-    def _capability_error(self, packet: Publish) -> int | None:
-        if packet.qos > self.settings.max_qos:
+    def _capability_error(self, session: Session, packet: Publish) -> int | None:
+        """Reason code for a PUBLISH the client was told not to send (§3.2.2.3.4 - .5).
+
+        Above the connection's Maximum QoS (server, listener, user) it is 0x9B: DISCONNECT
+        on MQTT 5; an MQTT 3.1.1 client, which was never told, is disconnected too.
+        """
+        if packet.qos > session.max_qos:
             return ReasonCode.QOS_NOT_SUPPORTED
         if packet.retain and not self.settings.retain_available:
             return ReasonCode.RETAIN_NOT_SUPPORTED

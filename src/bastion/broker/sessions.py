@@ -203,6 +203,7 @@ class Session:
         "identity",
         "keep_alive",
         "link",
+        "max_qos",
         "open",
         "problem_information",
         "protocol_version",
@@ -220,6 +221,7 @@ class Session:
         window: int,
         keep_alive: int,
         problem_information: bool = True,
+        max_qos: int = 2,
     ) -> None:
         self.link = link
         self.state = state
@@ -228,6 +230,7 @@ class Session:
         self.window = window  # outbound QoS 1/2 messages allowed unacknowledged
         self.keep_alive = keep_alive
         self.problem_information = problem_information
+        self.max_qos = max_qos  # Maximum QoS: accepted from the client, granted to it
         self.will: Will | None = None
         self.connect_expiry_interval = state.expiry_interval
         self.open = True

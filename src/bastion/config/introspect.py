@@ -65,6 +65,16 @@ def _list_element(tp: object) -> object | None:
     return None
 
 
+def _dict_value(node: object) -> object | None:
+    """The value type of a ``dict[str, X]`` field, if ``node`` is one."""
+    if isinstance(node, FieldInfo):
+        tp = _strip_optional(node.annotation)
+        if get_origin(tp) is dict:
+            value: object = get_args(tp)[1]
+            return value
+    return None
+
+
 def _model_inside(tp: object) -> type[BaseModel] | None:
     """The model class a field holds directly (``M`` or ``M | None``), if any."""
     tp = _strip_optional(tp)
@@ -79,6 +89,8 @@ def _node_at(loc: Sequence[str | int]) -> object | None:
             if not isinstance(node, FieldInfo):
                 return None
             node = _list_element(node.annotation)
+        elif (value := _dict_value(node)) is not None:
+            node = value  # a key of a table of tables, such as ``security.users.<name>``
         else:
             model = _as_model(node)
             if model is None or part not in model.model_fields:

@@ -23,6 +23,7 @@ __all__ = [
     "SecuritySettings",
     "Settings",
     "TlsListenerSettings",
+    "UserSettings",
 ]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -142,6 +143,19 @@ class ListenerSettings(_Section):
         min_length=1,
         max_length=64,
         description="Optional label used in logs and metrics; must be unique when set.",
+    )
+    max_qos: int | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description=(
+            "Highest QoS for clients of this listener; the lowest of this, `mqtt.max_qos` and "
+            "the user's `[security.users.NAME] max_qos` applies to a connection. Announced as "
+            "Maximum QoS to MQTT 5 clients; subscriptions are granted at most this QoS; a "
+            "PUBLISH above it closes the connection (DISCONNECT 0x9B on MQTT 5; MQTT 3.1.1 "
+            "clients, who cannot be told, are disconnected as Mosquitto does) and a will above "
+            "it refuses the CONNECT (0x9B). Unset: `mqtt.max_qos`."
+        ),
     )
 
     tls: TlsListenerSettings | None = Field(
@@ -312,7 +326,11 @@ class MqttSettings(_Section):
         default=2,
         ge=0,
         le=2,
-        description="Highest QoS the server accepts and grants (announced as Maximum QoS).",
+        description=(
+            "Highest QoS the server accepts and grants (announced as Maximum QoS); "
+            "`listeners[].max_qos` and `[security.users.NAME] max_qos` can lower it per "
+            "connection."
+        ),
     )
     retain_available: bool = Field(
         default=True,
@@ -391,6 +409,22 @@ class MqttSettings(_Section):
     )
 
 
+class UserSettings(_Section):
+    """Per-user settings (a ``[security.users.<name>]`` table).
+
+    They live under ``security`` rather than ``[limits.users.<name>]`` because a limits
+    table replaces the whole ``[limits.client]`` budget for that user: a QoS ceiling set
+    there would silently reset the user's rate limits to the defaults.
+    """
+
+    max_qos: int | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description="Highest QoS for this user's connections; unset: no per-user ceiling.",
+    )
+
+
 class SecuritySettings(_Section):
     """Authentication and authorization (the ``[security]`` table)."""
 
@@ -450,6 +484,17 @@ class SecuritySettings(_Section):
             "Username globs of device accounts that must set a Last Will in CONNECT (e.g. "
             '`["sensor*"]`); without one they are refused with 0x87, so a device that '
             "vanishes is always noticed."
+        ),
+    )
+
+    users: dict[str, UserSettings] = Field(
+        default_factory=dict,
+        description=(
+            "Per-user settings, one `[security.users.NAME]` table per authenticated username "
+            "(anonymous clients have none). `max_qos` (0, 1 or 2) caps the QoS of that user's "
+            "connections: the effective ceiling is the lowest of `mqtt.max_qos`, the "
+            "listener's `max_qos` and this, announced, granted and enforced as the listener's "
+            "is. Here rather than in `[limits.users.NAME]`, which replaces the whole rate budget."
         ),
     )
 

@@ -160,6 +160,7 @@ async def _start_listener(
         name=listener.name or listener.address,
         tls=holder is not None,
         identity_mode=listener.tls.use_identity_as_username if listener.tls else "none",
+        max_qos=listener.max_qos,
     )
     loop = asyncio.get_running_loop()
     kwargs: dict[str, Any] = {}

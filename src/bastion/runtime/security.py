@@ -54,6 +54,9 @@ def build_policy(security: SecuritySettings) -> Policy:
         use_certificate_identity=True,  # only listeners configured for it pass an identity
         client_id_patterns=security.client_id_patterns,
         require_will=security.require_will,
+        user_max_qos={
+            name: user.max_qos for name, user in security.users.items() if user.max_qos is not None
+        },
     )
     if security.allow_anonymous:
         log.warning(

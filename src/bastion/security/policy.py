@@ -90,11 +90,13 @@ class Policy:
         client_id_patterns: Sequence[str] = (),
         auth_methods: Sequence[AuthMethod] = (),
         require_will: Sequence[str] = (),
+        user_max_qos: Mapping[str, int] | None = None,
     ) -> None:
         self.allow_anonymous = allow_anonymous
         self.use_certificate_identity = use_certificate_identity
         self.client_id_patterns = tuple(client_id_patterns)
         self.require_will = tuple(require_will)
+        self.user_max_qos: Mapping[str, int] = MappingProxyType(dict(user_max_qos or {}))
         self._passwords = passwords
         self._acl = acl
         self._bound: dict[tuple[str | None, str], ClientAcl] = {}
@@ -240,6 +242,16 @@ class Policy:
         if username is None:
             return False
         return any(fnmatch.fnmatchcase(username, pattern) for pattern in self.require_will)
+
+    def max_qos_for(self, username: str | None) -> int | None:
+        """The QoS ceiling of this account (``[security.users.NAME] max_qos``), if any.
+
+        Only a verified username has one: anonymous clients get the listener's and the
+        server's ceilings alone.
+        """
+        if username is None:
+            return None
+        return self.user_max_qos.get(username)
 
     def forget(self, identity: ClientIdentity) -> None:
         """Drop the compiled ACL of a client that has gone (keeps the cache small)."""

@@ -63,6 +63,7 @@ class ListenerInfo:
     name: str
     tls: bool = False
     identity_mode: str = "none"  # "none", "cn" or "san": certificate identity as username
+    max_qos: int | None = None  # the listener's QoS ceiling (None: the server's alone)
 
 
 class MqttClientProtocol(asyncio.Protocol):
@@ -249,7 +250,9 @@ class MqttClientProtocol(asyncio.Protocol):
             if self._closing:
                 return
             now = time.monotonic()
-            self._session = self._broker.connect(self, packet, now, auth=result)
+            self._session = self._broker.connect(
+                self, packet, now, auth=result, listener_max_qos=self._listener.max_qos
+            )
             if self._session is None or result.identity is None:
                 return
             profile = self._front.defences.profile_for(result.identity.username)

@@ -168,6 +168,7 @@ class Harness:
         properties: Properties = NO_PROPERTIES,
         link: FakeLink | None = None,
         username: str | None = None,
+        listener_max_qos: int | None = None,
     ) -> Client:
         """Connect a client; asserts the CONNACK is a success."""
         client = self.try_connect(
@@ -180,6 +181,7 @@ class Harness:
             properties=properties,
             link=link,
             username=username,
+            listener_max_qos=listener_max_qos,
         )
         assert client.session is not None, client.link.sent
         assert client.connack.reason_code == 0
@@ -197,8 +199,12 @@ class Harness:
         properties: Properties = NO_PROPERTIES,
         link: FakeLink | None = None,
         username: str | None = None,
+        listener_max_qos: int | None = None,
     ) -> Client:
-        """Send a CONNECT; the result may be refused (``client.session is None``)."""
+        """Send a CONNECT; the result may be refused (``client.session is None``).
+
+        ``listener_max_qos`` stands for the QoS ceiling of the listener it came through.
+        """
         if expiry is not None:
             properties = replace(properties, session_expiry_interval=expiry)
         link = link or FakeLink(protocol_version=version)
@@ -211,7 +217,7 @@ class Harness:
             username=username,
             properties=properties,
         )
-        session = self.broker.connect(link, packet, self.now)
+        session = self.broker.connect(link, packet, self.now, listener_max_qos=listener_max_qos)
         return Client(self, link, session)
 
 

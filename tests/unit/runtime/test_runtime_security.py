@@ -35,6 +35,12 @@ def test_policy_from_toml_rules() -> None:
     assert policy.may_publish(ClientIdentity("s1", "s1", "p"), "temp/s1")
 
 
+def test_policy_gets_the_user_qos_ceilings() -> None:
+    security = SecuritySettings.model_validate({"users": {"meter": {"max_qos": 0}, "admin": {}}})
+    policy = build_policy(security)
+    assert dict(policy.user_max_qos) == {"meter": 0}
+
+
 def test_bad_acl_file_is_a_config_error(tmp_path: Path) -> None:
     acl = tmp_path / "acl"
     acl.write_text("topic bogus-access a/b extra\nfrobnicate\n")

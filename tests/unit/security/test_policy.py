@@ -150,3 +150,11 @@ def test_client_id_pattern_escapes_glob_characters_in_username() -> None:
     policy = Policy(passwords=pw, client_id_patterns=("%u",))
     assert policy.authenticate("a*", "a*", b"pw", "p").reason_code == 0
     assert policy.authenticate("abc", "a*", b"pw", "p").reason_code == 0x85
+
+
+def test_max_qos_per_verified_user_only() -> None:
+    policy = Policy(allow_anonymous=True, user_max_qos={"meter": 0, "gateway": 1})
+    assert policy.max_qos_for("meter") == 0
+    assert policy.max_qos_for("gateway") == 1
+    assert policy.max_qos_for("other") is None
+    assert policy.max_qos_for(None) is None  # anonymous: listener and server ceilings only
