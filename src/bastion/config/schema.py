@@ -2,9 +2,9 @@
 
 This module holds the root ``Settings``, listeners, TLS and logging; ``mqtt_settings.py``
 and ``security_settings.py`` hold the ``[mqtt]``, ``[security]`` and ``[limits]`` tables
-(all re-exported here). ``config/load.py`` fills these from a TOML file and command-line overrides; ``runtime/``
-reads them to assemble the broker. Every field carries its default and a description,
-which ``scripts/gen_config_docs.py`` turns into ``docs/configuration.md``.
+(all re-exported here). ``config/load.py`` fills them from a TOML file and command-line
+overrides; ``runtime/`` reads them to assemble the broker. Every field carries its default
+and a description, which ``scripts/gen_config_docs.py`` turns into ``docs/configuration.md``.
 """
 
 from __future__ import annotations
