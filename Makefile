@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint demo docs clean distclean
+.PHONY: help venv test lint demo docs bench bench-quick clean distclean
 
 help:
 	@echo "make venv       create .venv and install bastion[dev] (editable)"
@@ -15,6 +15,8 @@ help:
 	@echo "make lint       ruff check, ruff format --check, mypy, lint-imports, docs check"
 	@echo "make demo       run the quick demo (python -m bastion.demo_quick)"
 	@echo "make docs       regenerate the settings tables in docs/configuration.md"
+	@echo "make bench      Bastion vs Mosquitto benchmarks (~5 min; writes benchmarks/results/)"
+	@echo "make bench-quick  the same, ~2 s per scenario and 1 run (a smoke run)"
 	@echo "make clean      remove caches and build output (distclean: also .venv)"
 
 venv: $(STAMP)
@@ -42,6 +44,13 @@ demo: venv
 
 docs: venv
 	$(BIN)/python scripts/gen_config_docs.py
+
+# Needs Debian's mosquitto (apt-get install mosquitto). Not part of `make test`.
+bench: venv
+	$(BIN)/python benchmarks/run.py
+
+bench-quick: venv
+	$(BIN)/python benchmarks/run.py --quick
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache
