@@ -13,7 +13,6 @@ import errno
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import structlog
 
@@ -156,24 +155,22 @@ async def _start_listener(
     runtime: _Runtime, index: int, listener: ListenerSettings
 ) -> asyncio.Server | None:
     holder: ServerContextHolder | None = runtime.tls.get(index)
+    # TLS is run by each connection (``transport/tlslayer.py``), not by asyncio, so that
+    # failed handshakes can be reported and the gate is applied before any handshake work.
     info = ListenerInfo(
         name=listener.name or listener.address,
-        tls=holder is not None,
+        tls_context=holder.listener_context if holder is not None else None,
+        handshake_timeout=runtime.settings.mqtt.connect_timeout,
         identity_mode=listener.tls.use_identity_as_username if listener.tls else "none",
         max_qos=listener.max_qos,
     )
     loop = asyncio.get_running_loop()
-    kwargs: dict[str, Any] = {}
-    if holder is not None:
-        kwargs["ssl"] = holder.listener_context
-        kwargs["ssl_handshake_timeout"] = runtime.settings.mqtt.connect_timeout
     try:
         server = await loop.create_server(
             protocol_factory(runtime.front, info),
             listener.host,
             listener.port,
             reuse_address=True,
-            **kwargs,
         )
     except OSError as exc:
         log.error("listener.failed", address=listener.address, error=_bind_error(exc))

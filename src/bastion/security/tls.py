@@ -1,7 +1,8 @@
 """TLS for the listeners: a hardened server ``ssl.SSLContext``, its reload, client identities.
 
-``transport/`` gives ``ServerContextHolder.listener_context`` to ``loop.create_server(ssl=...)``
-and calls ``reload()`` on SIGHUP; files come from ``security/pki.py`` or any CA.
+``transport/`` starts each connection's TLS session (``SSLContext.wrap_bio``, see
+``transport/tlslayer.py``) from ``ServerContextHolder.listener_context``, and ``runtime/``
+calls ``reload()`` on SIGHUP; files come from ``security/pki.py`` or any CA.
 """
 
 from __future__ import annotations
@@ -131,18 +132,20 @@ def build_server_context(settings: TlsSettings) -> ssl.SSLContext:
 class ServerContextHolder:
     """One listener's TLS configuration, reloadable without dropping connections.
 
-    asyncio keeps the context ``create_server`` was given, so give it ``listener_context``:
-    it carries the protocol policy (versions, ciphers, options, verify mode and flags) and an
+    A listener keeps the one context it was given, so start every connection from
+    ``listener_context`` (``wrap_bio``, as the transport does, or ``create_server``): it
+    carries the protocol policy (versions, ciphers, options, verify mode and flags) and an
     ``sni_callback``, which OpenSSL runs for every ClientHello, with or without SNI, and which
-    moves the connection onto ``context``, a complete context built from the files; the
-    certificate, key, chain and trust store (CAs, CRLs) then come from it. ``reload()``
-    builds a fresh ``context`` (a bad file raises ``ConfigError`` and changes nothing), swaps
-    the reference, and sets the policy on ``listener_context`` again. OpenSSL copies the
-    policy into a connection when it starts, so both changes reach only later handshakes:
-    each sees the old configuration or the new, never a mix, and established connections
-    carry on (dropping revoked clients is the broker's call). A removed CA or a newly revoked
-    certificate is really gone for new handshakes; calling ``load_cert_chain`` again on one
-    shared context would swap the certificate but only ever add to its trust store.
+    moves the connection (``SSLSocket`` or ``SSLObject``) onto ``context``, a complete context
+    built from the files; the certificate, key, chain and trust store (CAs, CRLs) then come
+    from it. ``reload()`` builds a fresh ``context`` (a bad file raises ``ConfigError`` and
+    changes nothing), swaps the reference, and sets the policy on ``listener_context`` again.
+    OpenSSL copies the policy into a connection when it starts, so both changes reach only
+    later handshakes: each sees the old configuration or the new, never a mix, and
+    established connections carry on (dropping revoked clients is the broker's call). A
+    removed CA or a newly revoked certificate is really gone for new handshakes; calling
+    ``load_cert_chain`` again on one shared context would swap the certificate but only ever
+    add to its trust store.
 
     Reload from the event loop's thread (``loop.add_signal_handler``); a lock also keeps
     concurrent reloads in order.

@@ -6,11 +6,16 @@ methods (``send``, ``close``, ``set_keep_alive``). Before the core sees a client
 front applies the connection gate and bans, and checks credentials off the event loop (or
 runs an MQTT 5 enhanced authentication exchange, ``authexchange.py``) with brute-force
 back-off; after, it meters PUBLISH against the client's rate budget.
+
+TLS runs here too (``tlslayer.py``), not in asyncio: the gate and bans are applied before
+any handshake work, and a failed handshake is reported as a security event with the peer's
+address (asyncio drops those silently).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -31,13 +36,16 @@ from bastion.security.limits import ClientRateLimiter, RateVerdict
 from bastion.security.policy import AuthResult, Policy
 from bastion.security.tls import identity_from_peer_cert
 from bastion.transport.authexchange import run_exchange
+from bastion.transport.tlslayer import TlsError, TlsHandshakeError, TlsSession
 
 if TYPE_CHECKING:
     from bastion.broker.sessions import Session
 
 log = structlog.get_logger("bastion.transport")
 
-# Above this many buffered outgoing bytes a client counts as slow.
+# Above this many buffered outgoing bytes a client counts as slow: QoS 0 messages for it
+# are dropped (and counted) instead of growing the buffer without bound; QoS 1/2 wait in
+# the session's bounded window and queue.
 SLOW_CLIENT_BUFFER = 4 * 1024 * 1024
 
 SecuritySink = Callable[[SecurityEvent, float], object]
@@ -58,12 +66,19 @@ class Front:
 
 @dataclass(frozen=True)
 class ListenerInfo:
-    """Per-listener facts a connection needs (TLS itself is set up by ``create_server``)."""
+    """Per-listener facts a connection needs, TLS included (the sockets are plain TCP)."""
 
     name: str
-    tls: bool = False
+    # The context each connection's handshake starts from (``ServerContextHolder``'s
+    # ``listener_context``, so a reload reaches new handshakes); None: plain MQTT.
+    tls_context: ssl.SSLContext | None = None
+    handshake_timeout: float | None = None  # seconds from accept (None: connect_timeout)
     identity_mode: str = "none"  # "none", "cn" or "san": certificate identity as username
     max_qos: int | None = None  # the listener's QoS ceiling (None: the server's alone)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_context is not None
 
 
 class MqttClientProtocol(asyncio.Protocol):
@@ -94,9 +109,11 @@ class MqttClientProtocol(asyncio.Protocol):
         self._admitted = False  # counted by the connection gate (release on close)
         self._connect_seen = False
         self._paused = False
+        self._slow = False
         self._resume_handle: asyncio.TimerHandle | None = None
         self._lost = False
         self._certificate_identity: str | None = None
+        self._tls: TlsSession | None = None  # set once the gate admits a TLS connection
         self.peer = "unknown"
         self.ip = "unknown"
         self.protocol_version: int = ProtocolVersion.MQTT_3_1_1
@@ -131,17 +148,76 @@ class MqttClientProtocol(asyncio.Protocol):
             self._shutdown_transport()
             return
         self._admitted = True
-        if self._listener.identity_mode != "none":
-            self._certificate_identity = identity_from_peer_cert(
-                transport.get_extra_info("peercert"),
-                self._listener.identity_mode,  # type: ignore[arg-type]
-            )
+        context = self._listener.tls_context
+        if context is not None:
+            try:
+                self._tls = TlsSession(context, server_side=True)
+            except ssl.SSLError as exc:  # a context that cannot start a session: refuse
+                log.error("tls.session_failed", peer=self.peer, error=str(exc))
+                self._shutdown_transport()
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
         now = time.monotonic()
         self.last_received = now
         self._broker.stats.bytes_received += len(data)
+        tls = self._tls
+        if tls is not None:
+            was_done = tls.handshake_done
+            try:
+                data = tls.receive(data)
+            except TlsHandshakeError as exc:
+                self._on_handshake_failed(exc, now)
+                return
+            except TlsError as exc:
+                log.info("tls.failed", peer=self.peer, detail=exc.detail)
+                self._tls_failed()
+                return
+            if not was_done and tls.handshake_done:
+                self._on_handshake_done(tls)
+            self._send_tls_output()  # handshake records, tickets, key update answers
+            if data:
+                self._handle_events(self._conn.receive_data(data), now)
+            if tls.peer_closed:
+                self._shutdown_transport()  # close_notify: the client's end of stream
+            return
         self._handle_events(self._conn.receive_data(data), now)
+
+    # --------------------------------------------------------------------- TLS
+
+    def _on_handshake_done(self, tls: TlsSession) -> None:
+        log.debug("tls.established", peer=self.peer, version=tls.version(), cipher=tls.cipher())
+        if self._listener.identity_mode != "none":
+            self._certificate_identity = identity_from_peer_cert(
+                tls.peer_certificate(),
+                self._listener.identity_mode,  # type: ignore[arg-type]
+            )
+
+    def _on_handshake_failed(self, exc: TlsHandshakeError, now: float) -> None:
+        kind = (
+            SecurityEventKind.CERTIFICATE_REJECTED
+            if exc.certificate
+            else SecurityEventKind.TLS_HANDSHAKE_FAILED
+        )
+        log.info("tls.handshake_failed", peer=self.peer, detail=exc.detail)
+        self._report(kind, exc.detail, now)
+        self._tls_failed()
+
+    def _tls_failed(self) -> None:
+        """Write the alert the session produced, then close (no close_notify)."""
+        self._out.clear()
+        self._send_tls_output()
+        self._shutdown_transport()
+
+    def _send_tls_output(self) -> None:
+        tls = self._tls
+        transport = self._transport
+        if tls is None or transport is None or transport.is_closing():
+            return
+        output = tls.pending_output()
+        if output:
+            transport.write(output)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
@@ -450,11 +526,21 @@ class MqttClientProtocol(asyncio.Protocol):
         """Encode and queue ``packet``; False if it exceeds the client's size limit."""
         if self._closing:
             return True  # the connection is going away; the session keeps the state
+        if isinstance(packet, Publish) and packet.qos == 0 and self._drop_for_slowness():
+            return False
         data = self._conn.send(packet)
         if data is None:
             return False
         self._write(data)
         return True
+
+    def _drop_for_slowness(self) -> bool:
+        """True while this client reads too slowly for its QoS 0 traffic (logged per episode)."""
+        slow = self.is_slow
+        if slow != self._slow:
+            self._slow = slow
+            log.info("client.slow" if slow else "client.caught_up", peer=self.peer)
+        return slow
 
     def close(self, reason_code: int | None = None) -> None:
         """Close the connection, first sending DISCONNECT(reason) to an MQTT 5 client."""
@@ -495,7 +581,15 @@ class MqttClientProtocol(asyncio.Protocol):
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
-        transport.write(data)
+        tls = self._tls
+        if tls is None:
+            transport.write(data)
+            return
+        try:
+            tls.send(data)  # the whole batch in one go: as few records as possible
+        except TlsError as exc:
+            log.info("tls.failed", peer=self.peer, detail=exc.detail)
+        self._send_tls_output()
 
     def _shutdown_transport(self) -> None:
         if self._closing:
@@ -503,8 +597,15 @@ class MqttClientProtocol(asyncio.Protocol):
         self._closing = True
         self._wake_auth_waiter()
         self._flush()
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        tls = self._tls
+        if tls is not None and not transport.is_closing():
+            goodbye = tls.close()  # close_notify after a completed handshake
+            if goodbye:
+                transport.write(goodbye)
+        transport.close()
 
     def abort_quietly(self) -> None:
         """Close without a DISCONNECT (server shutdown of a connection with no session)."""
@@ -515,6 +616,18 @@ class MqttClientProtocol(asyncio.Protocol):
         if self._closing:
             return
         if self._session is None:
+            tls = self._tls
+            if tls is not None and not tls.handshake_done:
+                limit = self._listener.handshake_timeout
+                if limit is None:
+                    limit = self._front.settings.connect_timeout
+                if now - self.opened_at > limit:
+                    log.info("tls.handshake_timeout", peer=self.peer)
+                    self._report(
+                        SecurityEventKind.TLS_HANDSHAKE_FAILED, "no TLS handshake in time", now
+                    )
+                    self._shutdown_transport()
+                    return
             if (
                 not self._connect_seen
                 and now - self.opened_at > self._front.settings.connect_timeout
