@@ -197,8 +197,8 @@ def serve(
 ) -> None:
     """Run the MQTT broker until interrupted.
 
-    Without -c, --listen or --tls-listen it listens on 127.0.0.1:1883 (plain TCP, loopback
-    only). Anonymous clients are refused unless --allow-anonymous is given.
+    At least one listener is needed (--listen, --tls-listen or [[listeners]] in -c FILE):
+    nothing listens implicitly. Anonymous clients are refused unless --allow-anonymous.
     """
     tls = _TlsOptions(
         tls_listen,
@@ -227,6 +227,16 @@ def serve(
         settings = load_settings(config_path, overrides)
     except ConfigError as error:
         _config_error(ctx, error)
+        return
+    if not settings.listeners:
+        _config_error(
+            ctx,
+            ConfigError(
+                "no listener configured: give --listen HOST:PORT (plain TCP, e.g. "
+                "127.0.0.1:1883 for development), --tls-listen HOST:PORT with --certfile and "
+                "--keyfile, or [[listeners]] tables in a config file (-c)"
+            ),
+        )
         return
     configure_logging(settings.logging.level, settings.logging.format)
 

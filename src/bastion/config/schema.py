@@ -177,19 +177,16 @@ class LoggingSettings(_Section):
     )
 
 
-def _default_listeners() -> list[ListenerSettings]:
-    return [ListenerSettings()]
-
-
 class Settings(_Section):
     """Everything the broker is configured with: the root of a ``bastion.toml`` file."""
 
     listeners: list[ListenerSettings] = Field(
-        default_factory=_default_listeners,
-        min_length=1,
+        default_factory=list,
         description=(
-            "The MQTT listeners, one `[[listeners]]` table each. Without any, Bastion listens "
-            "on 127.0.0.1:1883. No two may share a host and port."
+            "The MQTT listeners, one `[[listeners]]` table each (plain TCP, or TLS with a "
+            "`[listeners.tls]` table). There is no implicit listener: `bastion serve` needs "
+            "at least one here or on the command line (`--listen`, `--tls-listen`). No two "
+            "may share a host and port."
         ),
     )
     mqtt: MqttSettings = Field(

@@ -102,6 +102,7 @@ class _Runtime:
         for event in self.defences.sweep(now):
             self.monitor.record(event, now)
         self.monitor.tick(now)
+        self.monitor.publish_counters(now, self.settings.mqtt.sys_interval)
         return self.broker.tick(now)
 
 

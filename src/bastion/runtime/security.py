@@ -123,6 +123,8 @@ class SecurityMonitor:
     def __init__(self, audit_path: str | None, publish: Publisher | None = None) -> None:
         self.trail = AuditTrail()
         self._publish = publish
+        self._next_counters = 0.0
+        self._published_counts: dict[str, int] = {}
         self._file: IO[str] | None = None
         if audit_path is not None:
             try:
@@ -152,6 +154,19 @@ class SecurityMonitor:
 
     def counters(self) -> dict[str, int]:
         return dict(self.trail.counters())
+
+    def publish_counters(self, now: float, interval: float) -> None:
+        """Every ``interval`` s: ``$SYS/security/counters/<kind>`` for counts that changed.
+
+        The metrics view of the audit trail (admin-only like all of ``$SYS``); 0 disables.
+        """
+        if interval <= 0 or self._publish is None or now < self._next_counters:
+            return
+        self._next_counters = now + interval
+        for kind, count in self.trail.counters().items():
+            if self._published_counts.get(kind) != count:
+                self._published_counts[kind] = count
+                self._publish(f"$SYS/security/counters/{kind}", str(count).encode())
 
     def _emit(self, records: list[AuditRecord]) -> None:
         if not records:

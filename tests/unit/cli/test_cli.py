@@ -117,8 +117,16 @@ def test_python_dash_m_bastion() -> None:
 # --- serve: settings reach the runtime ----------------------------------------------------
 
 
-def test_serve_without_options_uses_the_safe_defaults(runtime: FakeRuntime) -> None:
+def test_serve_without_a_listener_refuses_to_start(runtime: FakeRuntime) -> None:
     result = invoke("serve")
+    assert result.exit_code == 2, result.output
+    assert runtime.calls == []
+    assert "no listener configured" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_serve_with_only_listen_uses_the_safe_defaults(runtime: FakeRuntime) -> None:
+    result = invoke("serve", "--listen", "127.0.0.1:1883")
     assert result.exit_code == 0, result.output
     (settings,) = runtime.calls
     assert [listener.address for listener in settings.listeners] == ["127.0.0.1:1883"]
@@ -159,7 +167,7 @@ def test_serve_with_a_config_file_and_listen_override(runtime: FakeRuntime) -> N
 
 def test_serve_exits_with_the_runtime_code(runtime: FakeRuntime) -> None:
     runtime.code = 3
-    assert invoke("serve").exit_code == 3
+    assert invoke("serve", "--listen", "127.0.0.1:1883").exit_code == 3
 
 
 # --- serve: errors ------------------------------------------------------------------------
@@ -217,7 +225,7 @@ def test_toml_syntax_error_exits_2(runtime: FakeRuntime, tmp_path: Path) -> None
 
 def test_config_error_from_the_runtime_exits_2(runtime: FakeRuntime) -> None:
     runtime.error = ConfigError("bastion.toml: listeners[0]: cannot bind 127.0.0.1:1883")
-    result = invoke("serve")
+    result = invoke("serve", "--listen", "127.0.0.1:1883")
     assert result.exit_code == 2
     assert result.stderr.endswith(
         "bastion: error: bastion.toml: listeners[0]: cannot bind 127.0.0.1:1883\n"

@@ -44,7 +44,7 @@ def problems(path: Path | None, overrides: dict[str, object] | None = None) -> l
 
 def test_no_file_gives_safe_defaults() -> None:
     settings = load_settings(None, {})
-    assert settings.listeners == [ListenerSettings(host="127.0.0.1", port=1883)]
+    assert settings.listeners == []  # no implicit listener: `bastion serve` asks for one
     assert settings.security.allow_anonymous is False
     assert settings.logging.level == "info"
     assert settings.logging.format == "human"
@@ -58,9 +58,9 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, "")) == Settings()
 
 
-def test_file_without_listeners_gets_the_default_listener(tmp_path: Path) -> None:
+def test_file_without_listeners_has_none(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, "[mqtt]\nmax_qos = 1\n"))
-    assert [listener.address for listener in settings.listeners] == ["127.0.0.1:1883"]
+    assert settings.listeners == []
     assert settings.mqtt.max_qos == 1
 
 
@@ -162,7 +162,7 @@ def test_scalar_overrides_win_over_the_file(tmp_path: Path) -> None:
 def test_overrides_without_a_file() -> None:
     settings = load_settings(None, {"security.allow_anonymous": True})
     assert settings.security.allow_anonymous is True
-    assert settings.listeners == [ListenerSettings()]
+    assert settings.listeners == []
 
 
 def test_override_errors_name_the_command_line(tmp_path: Path) -> None:
@@ -325,10 +325,6 @@ def test_unknown_key_in_a_listener(tmp_path: Path) -> None:
         (
             "listeners = [1883]",
             "listeners[0]: expected a table, got 1883",
-        ),
-        (
-            "listeners = []",
-            "listeners: expected at least 1 entry, got 0",
         ),
         (
             '[[listeners]]\nport = "1883"',

@@ -26,7 +26,7 @@ def _problems(path: Path) -> list[str]:
 
 
 def test_no_ceilings_by_default() -> None:
-    settings = load_settings(None, {})
+    settings = load_settings(None, {"listeners": [{"host": "127.0.0.1", "port": 1883}]})
     assert settings.listeners[0].max_qos is None
     assert settings.security.users == {}
 

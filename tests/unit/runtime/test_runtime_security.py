@@ -124,3 +124,19 @@ def test_unwritable_audit_log_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         SecurityMonitor(str(tmp_path / "no" / "such" / "dir" / "audit.jsonl"))
     assert "cannot open the audit log" in str(caught.value)
+
+
+def test_monitor_publishes_changed_counters_at_the_interval() -> None:
+    published: list[tuple[str, bytes]] = []
+    monitor = SecurityMonitor(None, lambda topic, payload: published.append((topic, payload)))
+    monitor.publish_counters(0.0, 10.0)
+    first = dict(published)
+    assert first["$SYS/security/counters/auth_failure"] == b"0"
+    published.clear()
+    with structlog.testing.capture_logs():
+        monitor.record(SecurityEvent(SecurityEventKind.AUTH_FAILURE, "x", ip="1.2.3.4"), 1.0)
+    published.clear()
+    monitor.publish_counters(5.0, 10.0)  # not due yet
+    assert published == []
+    monitor.publish_counters(10.0, 10.0)
+    assert published == [("$SYS/security/counters/auth_failure", b"1")]  # only what changed
