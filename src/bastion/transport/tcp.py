@@ -18,24 +18,21 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from bastion.broker.core import Broker
-from bastion.config.schema import MqttSettings
 from bastion.mqtt.connection import Event, MqttConnection, ProtocolViolation
 from bastion.mqtt.packets import Connect, Disconnect, Packet, ProtocolVersion, Publish
 from bastion.mqtt.reason_codes import ReasonCode
 from bastion.security.audit import SecurityEvent, SecurityEventKind
-from bastion.security.defences import Defences
 from bastion.security.enhanced_auth import Failure
 from bastion.security.limits import ClientRateLimiter, RateVerdict
-from bastion.security.policy import AuthResult, Policy
+from bastion.security.policy import AuthResult
 from bastion.security.tls import identity_from_peer_cert
 from bastion.transport.authexchange import run_exchange
+from bastion.transport.front import ConnectionRegistry, Front, ListenerInfo
 from bastion.transport.tlslayer import TlsError, TlsHandshakeError, TlsSession
 
 if TYPE_CHECKING:
@@ -47,38 +44,6 @@ log = structlog.get_logger("bastion.transport")
 # are dropped (and counted) instead of growing the buffer without bound; QoS 1/2 wait in
 # the session's bounded window and queue.
 SLOW_CLIENT_BUFFER = 4 * 1024 * 1024
-
-SecuritySink = Callable[[SecurityEvent, float], object]
-
-
-@dataclass
-class Front:
-    """What every connection of one process shares: core, policy, defences, audit sink."""
-
-    broker: Broker
-    settings: MqttSettings
-    policy: Policy
-    defences: Defences
-    report: SecuritySink
-    executor: Executor | None  # where password hashes are checked (None: inline, tests)
-    registry: ConnectionRegistry
-
-
-@dataclass(frozen=True)
-class ListenerInfo:
-    """Per-listener facts a connection needs, TLS included (the sockets are plain TCP)."""
-
-    name: str
-    # The context each connection's handshake starts from (``ServerContextHolder``'s
-    # ``listener_context``, so a reload reaches new handshakes); None: plain MQTT.
-    tls_context: ssl.SSLContext | None = None
-    handshake_timeout: float | None = None  # seconds from accept (None: connect_timeout)
-    identity_mode: str = "none"  # "none", "cn" or "san": certificate identity as username
-    max_qos: int | None = None  # the listener's QoS ceiling (None: the server's alone)
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_context is not None
 
 
 class MqttClientProtocol(asyncio.Protocol):
@@ -641,39 +606,6 @@ class MqttClientProtocol(asyncio.Protocol):
         if self.keep_alive and now - self.last_received > 1.5 * self.keep_alive:
             log.info("keepalive.timeout", peer=self.peer, keep_alive=self.keep_alive)
             self.close(ReasonCode.KEEP_ALIVE_TIMEOUT)
-
-
-class ConnectionRegistry:
-    """The live client connections of a server, for timeouts and shutdown."""
-
-    def __init__(self) -> None:
-        self._live: set[MqttClientProtocol] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def add(self, protocol: MqttClientProtocol) -> None:
-        self._live.add(protocol)
-
-    def discard(self, protocol: MqttClientProtocol) -> None:
-        self._live.discard(protocol)
-
-    def track(self, task: asyncio.Task[None]) -> None:
-        """Keep a reference to a connection's background task until it ends."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def check_timeouts(self, now: float) -> None:
-        for protocol in list(self._live):
-            protocol.check_timeouts(now)
-
-    def close_all(self) -> None:
-        """Close every connection still open (after the broker said goodbye to its clients)."""
-        for protocol in list(self._live):
-            protocol.abort_quietly()
-        for task in list(self._tasks):
-            task.cancel()
 
 
 def protocol_factory(front: Front, listener: ListenerInfo) -> Callable[[], MqttClientProtocol]:
