@@ -1,7 +1,7 @@
 """Flood isolation: a well-behaved client's latency while another client floods the broker.
 
-Starts ``bastion serve`` on a free loopback port (default limits: 100 msg/s per client,
-throttled), measures publish-to-deliver latency of a client publishing 50 msg/s to itself
+Starts ``bastion serve`` on a free loopback port (publish budget 100 msg/s per client,
+burst 200, throttled), measures publish-to-deliver latency of a client publishing 50 msg/s to itself
 for ``--seconds``, first alone, then while a second client floods QoS 0 PUBLISH packets as
 fast as the socket takes them. Prints one JSON line per phase (p50/p99 in ms, flood rate
 offered and delivered). Bounded in time; loopback only; kills only the broker it started.
@@ -119,6 +119,7 @@ def main() -> int:
         config.write_text(
             f'[[listeners]]\nhost = "127.0.0.1"\nport = {port}\n'
             "[security]\nallow_anonymous = true\n"
+            "[limits.client]\nmessages_per_second = 100.0\nburst_messages = 200.0\n"
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", "bastion", "serve", "-c", str(config), "--log-level", "error"],

@@ -132,22 +132,22 @@ class RateLimitSettings(_Section):
     """Per-client publish budget (``[limits.client]``, or ``[limits.users.<name>]``)."""
 
     messages_per_second: float | None = Field(
-        default=100.0,
+        default=1000.0,
         gt=0,
         allow_inf_nan=False,
         description="Sustained PUBLISH packets per second per client; omit for no limit.",
     )
     burst_messages: float = Field(
-        default=200.0, gt=0, allow_inf_nan=False, description="Messages allowed in a burst."
+        default=2000.0, gt=0, allow_inf_nan=False, description="Messages allowed in a burst."
     )
     bytes_per_second: float | None = Field(
-        default=1_048_576.0,
+        default=10_485_760.0,
         gt=0,
         allow_inf_nan=False,
         description="Sustained payload bytes per second per client; omit for no limit.",
     )
     burst_bytes: float = Field(
-        default=2_097_152.0, gt=0, allow_inf_nan=False, description="Payload bytes in a burst."
+        default=20_971_520.0, gt=0, allow_inf_nan=False, description="Payload bytes in a burst."
     )
     action: Literal["throttle", "disconnect"] = Field(
         default="throttle",
@@ -171,13 +171,13 @@ class LimitsSettings(_Section):
         description="Per-user budgets that replace `client` for that username.",
     )
     connections_per_second_per_ip: float = Field(
-        default=20.0, gt=0, allow_inf_nan=False, description="New connections/s per source IP."
+        default=50.0, gt=0, allow_inf_nan=False, description="New connections/s per source IP."
     )
     connection_burst_per_ip: float = Field(
-        default=40.0, gt=0, allow_inf_nan=False, description="New connections in a burst per IP."
+        default=100.0, gt=0, allow_inf_nan=False, description="New connections in a burst per IP."
     )
     max_connections_per_ip: int = Field(
-        default=100, ge=1, description="Concurrent connections per source IP."
+        default=256, ge=1, description="Concurrent connections per source IP."
     )
     max_connections: int = Field(
         default=100_000, ge=1, description="Concurrent connections in total."
@@ -205,10 +205,10 @@ class LimitsSettings(_Section):
         description="Also ban the username under attack (not only the source IP).",
     )
     flap_connects_per_client: int = Field(
-        default=20, ge=1, description="Connects per client id within `flap_window` before a ban."
+        default=60, ge=1, description="Connects per client id within `flap_window` before a ban."
     )
     flap_connects_per_ip: int = Field(
-        default=300, ge=1, description="Connects per source IP within `flap_window` before a ban."
+        default=600, ge=1, description="Connects per source IP within `flap_window` before a ban."
     )
     flap_window: float = Field(
         default=60.0, gt=0, allow_inf_nan=False, description="Reconnect-storm window (s)."
