@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from bastion.mqtt.packets import NO_PROPERTIES, Properties, Publish, Will
+from bastion.records import record
 
 if TYPE_CHECKING:
     from bastion.broker.subscriptions import SharedGroup
@@ -26,7 +27,7 @@ def is_broker_topic(topic: str) -> bool:
     ] in ("", "/")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Message:
     """A published application message, as routed and retained by the broker.
 
@@ -104,7 +105,7 @@ def message_from_will(will: Will, origin: str, now: float) -> Message:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Delivery:
     """One copy of a message for one session, with the options of the matching subscriptions.
 

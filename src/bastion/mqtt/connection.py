@@ -102,7 +102,7 @@ class MqttConnection:
 
     # ------------------------------------------------------------------ inbound
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes from the network; return the complete packets (or one violation)."""
         if self.failed:
             return []

@@ -48,8 +48,8 @@ class FrameReader:
             raise ValueError(f"maximum packet size must be 2..{MAX_PACKET_SIZE}")
         self._max_packet_size = max_packet_size
 
-    def feed(self, data: bytes) -> None:
-        """Append received bytes."""
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append (copy) received bytes."""
         self._buf += data
 
     def next_frame(self) -> tuple[int, bytes] | None:

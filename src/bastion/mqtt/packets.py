@@ -7,8 +7,9 @@ field or property is absent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
+
+from bastion.records import record
 
 
 class PacketType(IntEnum):
@@ -42,7 +43,7 @@ class ProtocolVersion(IntEnum):
 UserProperties = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Properties:
     """MQTT 5 properties; ``None`` (or an empty tuple) means absent.
 
@@ -82,7 +83,7 @@ class Properties:
 NO_PROPERTIES = Properties()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Will:
     """The Will Message carried in CONNECT."""
 
@@ -93,7 +94,7 @@ class Will:
     properties: Properties = NO_PROPERTIES
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Connect:
     protocol_version: int  # ProtocolVersion value
     client_id: str
@@ -108,7 +109,7 @@ class Connect:
     packet_type = PacketType.CONNECT
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Connack:
     session_present: bool = False
     reason_code: int = 0  # MQTT 5 reason code; the codec maps it to a 3.1.1 return code
@@ -117,7 +118,7 @@ class Connack:
     packet_type = PacketType.CONNACK
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Publish:
     topic: str  # "" when only a topic alias is sent
     payload: bytes = b""
@@ -130,7 +131,7 @@ class Publish:
     packet_type = PacketType.PUBLISH
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Puback:
     packet_id: int
     reason_code: int = 0
@@ -139,7 +140,7 @@ class Puback:
     packet_type = PacketType.PUBACK
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Pubrec:
     packet_id: int
     reason_code: int = 0
@@ -148,7 +149,7 @@ class Pubrec:
     packet_type = PacketType.PUBREC
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Pubrel:
     packet_id: int
     reason_code: int = 0
@@ -157,7 +158,7 @@ class Pubrel:
     packet_type = PacketType.PUBREL
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Pubcomp:
     packet_id: int
     reason_code: int = 0
@@ -166,7 +167,7 @@ class Pubcomp:
     packet_type = PacketType.PUBCOMP
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Subscription:
     """One topic filter with its subscription options."""
 
@@ -177,7 +178,7 @@ class Subscription:
     retain_handling: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Subscribe:
     packet_id: int
     subscriptions: tuple[Subscription, ...]
@@ -186,7 +187,7 @@ class Subscribe:
     packet_type = PacketType.SUBSCRIBE
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Suback:
     packet_id: int
     reason_codes: tuple[int, ...]  # MQTT 5 codes; 3.1.1 maps >=0x80 to 0x80
@@ -195,7 +196,7 @@ class Suback:
     packet_type = PacketType.SUBACK
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Unsubscribe:
     packet_id: int
     topic_filters: tuple[str, ...]
@@ -204,7 +205,7 @@ class Unsubscribe:
     packet_type = PacketType.UNSUBSCRIBE
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Unsuback:
     packet_id: int
     reason_codes: tuple[int, ...] = ()  # absent on the wire for 3.1.1
@@ -213,17 +214,17 @@ class Unsuback:
     packet_type = PacketType.UNSUBACK
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Pingreq:
     packet_type = PacketType.PINGREQ
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Pingresp:
     packet_type = PacketType.PINGRESP
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Disconnect:
     reason_code: int = 0
     properties: Properties = NO_PROPERTIES
@@ -231,7 +232,7 @@ class Disconnect:
     packet_type = PacketType.DISCONNECT
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Auth:
     reason_code: int = 0
     properties: Properties = NO_PROPERTIES

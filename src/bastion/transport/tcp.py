@@ -45,8 +45,20 @@ log = structlog.get_logger("bastion.transport")
 # the session's bounded window and queue.
 SLOW_CLIENT_BUFFER = 4 * 1024 * 1024
 
+# Outgoing bytes are gathered and written once per event-loop turn, or as soon as this many
+# are waiting: a turn that reads many publishers must not hold a subscriber's data back.
+FLUSH_AT = 64 * 1024
 
-class MqttClientProtocol(asyncio.Protocol):
+
+# Every connection reads into this one buffer (the event loop is single-threaded and each
+# read is consumed before the next starts), so an idle connection holds no read buffer,
+# and a read is at most this big, so one busy publisher cannot make a loop turn long.
+READ_SIZE = 16 * 1024
+_READ_BUFFER = bytearray(READ_SIZE)
+_READ_VIEW = memoryview(_READ_BUFFER)
+
+
+class MqttClientProtocol(asyncio.BufferedProtocol):
     """One client connection: the bridge between a socket and the broker core."""
 
     def __init__(self, front: Front, listener: ListenerInfo) -> None:
@@ -64,6 +76,7 @@ class MqttClientProtocol(asyncio.Protocol):
         self._session: Session | None = None
         self._limiter: ClientRateLimiter | None = None
         self._out: list[bytes] = []
+        self._out_size = 0
         self._held: list[Event] = []  # events that arrived while CONNECT was being checked
         # Enhanced authentication: the exchange waiting for the client's next packet, and
         # the username the client claims (for bans, back-off and audit before it is verified).
@@ -121,7 +134,14 @@ class MqttClientProtocol(asyncio.Protocol):
                 log.error("tls.session_failed", peer=self.peer, error=str(exc))
                 self._shutdown_transport()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READ_VIEW[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Bytes from the socket (``data`` is only valid during the call: it is copied)."""
         if self._closing:
             return
         now = time.monotonic()
@@ -491,7 +511,7 @@ class MqttClientProtocol(asyncio.Protocol):
         """Encode and queue ``packet``; False if it exceeds the client's size limit."""
         if self._closing:
             return True  # the connection is going away; the session keeps the state
-        if isinstance(packet, Publish) and packet.qos == 0 and self._drop_for_slowness():
+        if self._slow and self._drop_for_slowness(packet):
             return False
         data = self._conn.send(packet)
         if data is None:
@@ -499,13 +519,19 @@ class MqttClientProtocol(asyncio.Protocol):
         self._write(data)
         return True
 
-    def _drop_for_slowness(self) -> bool:
-        """True while this client reads too slowly for its QoS 0 traffic (logged per episode)."""
-        slow = self.is_slow
-        if slow != self._slow:
-            self._slow = slow
-            log.info("client.slow" if slow else "client.caught_up", peer=self.peer)
-        return slow
+    def _drop_for_slowness(self, packet: Packet) -> bool:
+        """True if ``packet`` is QoS 0 and the client is still too far behind to get it."""
+        if not self.is_slow:
+            self._slow = False
+            log.info("client.caught_up", peer=self.peer)
+            return False
+        return isinstance(packet, Publish) and packet.qos == 0
+
+    def _check_slow(self, transport: asyncio.Transport) -> None:
+        """After a write: note (and log, once per episode) a client that stopped keeping up."""
+        if transport.get_write_buffer_size() > SLOW_CLIENT_BUFFER:
+            self._slow = True
+            log.info("client.slow", peer=self.peer)
 
     def close(self, reason_code: int | None = None) -> None:
         """Close the connection, first sending DISCONNECT(reason) to an MQTT 5 client."""
@@ -534,27 +560,35 @@ class MqttClientProtocol(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         self._broker.stats.bytes_sent += len(data)
         self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= FLUSH_AT:
+            self._flush()  # a big batch goes now: the socket drains while we work on
+            return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        out = self._out
+        self._out_size = 0
         transport = self._transport
-        if not self._out or transport is None or transport.is_closing():
-            self._out.clear()
+        if not out or transport is None or transport.is_closing():
+            out.clear()
             return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         tls = self._tls
         if tls is None:
             transport.write(data)
-            return
-        try:
-            tls.send(data)  # the whole batch in one go: as few records as possible
-        except TlsError as exc:
-            log.info("tls.failed", peer=self.peer, detail=exc.detail)
-        self._send_tls_output()
+        else:
+            try:
+                tls.send(data)  # the whole batch in one go: as few records as possible
+            except TlsError as exc:
+                log.info("tls.failed", peer=self.peer, detail=exc.detail)
+            self._send_tls_output()
+        if not self._slow:
+            self._check_slow(transport)
 
     def _shutdown_transport(self) -> None:
         if self._closing:

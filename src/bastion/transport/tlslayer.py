@@ -107,7 +107,7 @@ class TlsSession:
 
     # ------------------------------------------------------------------ data
 
-    def receive(self, raw: bytes) -> bytes:
+    def receive(self, raw: bytes | memoryview) -> bytes:
         """Feed bytes from the wire; return the plaintext now readable (maybe b"").
 
         Raises ``TlsHandshakeError`` if the handshake fails and ``TlsError`` if an
