@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -314,3 +315,36 @@ def test_audit_trail_accounts_for_every_event(
     counters = trail.counters()
     assert sum(counters.values()) == len(events)
     assert all(written[kind.value] == counters[kind.value] for kind in AUDIT_KINDS)
+
+
+@PROPS
+@given(
+    rates,
+    st.floats(min_value=1, max_value=1e4),
+    st.lists(
+        st.tuples(st.floats(min_value=0, max_value=2), st.lists(st.integers(0, 5000), max_size=8)),
+        max_size=12,
+    ),
+)
+def test_batch_charge_is_the_same_as_one_by_one(
+    rate: float, burst: float, reads: list[tuple[float, list[int]]]
+) -> None:
+    """``take_batch`` succeeds exactly when every publish one by one would be ALLOWed, and
+    then leaves both buckets as the one-by-one charges would."""
+    profile = LimitProfile(
+        messages_per_second=rate,
+        burst_messages=burst,
+        bytes_per_second=rate * 100,
+        burst_bytes=burst * 100,
+    )
+    batch, single = ClientRateLimiter(profile), ClientRateLimiter(profile)
+    now = 0.0
+    for step, sizes in reads:
+        now += step
+        if batch.take_batch(now, len(sizes), sum(sizes)):
+            for size in sizes:
+                assert single.check_publish(now, size).verdict is RateVerdict.ALLOW
+        else:  # refused as a whole: the caller charges one by one, as ``single`` does
+            for size in sizes:
+                assert batch.check_publish(now, size) == single.check_publish(now, size)
+        assert batch.resume_after(now) == pytest.approx(single.resume_after(now), abs=1e-6)

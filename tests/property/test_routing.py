@@ -257,3 +257,78 @@ def test_validation_raises_only_protocol_errors(text: str) -> None:
             validate(text)
         except ProtocolError as exc:
             assert exc.reason == reason
+
+
+RouteOp = tuple[Literal["add"], str, int, int, bool, bool] | tuple[Literal["remove"], str, int]
+
+route_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("add"),
+            clients,
+            st.integers(0, 5),
+            st.integers(0, 2),
+            st.booleans(),  # no local
+            st.booleans(),  # retain as published
+        ),
+        st.tuples(st.just("remove"), clients, st.integers(0, 5)),
+    ),
+    max_size=25,
+)
+
+
+def expected_route(
+    model: dict[Key, SubscriptionEntry], topic: str
+) -> dict[str, tuple[int, bool, list[int], tuple[int, bool, list[int]] | None]]:
+    """client -> (qos, rap, sorted ids, the same for a message the client published itself)."""
+    own: dict[str, list[SubscriptionEntry]] = {}
+    for (client, full), entry in model.items():
+        if parse_shared(full)[0] is None and topic_matches(full, topic):
+            own.setdefault(client, []).append(entry)
+
+    def merged(entries: list[SubscriptionEntry]) -> tuple[int, bool, list[int]]:
+        return (
+            max(e.subscription.qos for e in entries),
+            any(e.subscription.retain_as_published for e in entries),
+            sorted(e.identifier for e in entries if e.identifier is not None),
+        )
+
+    result: dict[str, tuple[int, bool, list[int], tuple[int, bool, list[int]] | None]] = {}
+    for client, entries in own.items():
+        local = [e for e in entries if not e.subscription.no_local]
+        result[client] = (*merged(entries), merged(local) if local else None)
+    return result
+
+
+@ROUTING
+@given(st.lists(plain_filters, min_size=6, max_size=6), route_ops, st.lists(topics, max_size=6))
+def test_route_cache_follows_every_change(
+    pool: list[str], ops: list[RouteOp], probe: list[str]
+) -> None:
+    """``route`` (cached per topic) always equals a fresh merge of the current entries."""
+    trie = SubscriptionTrie()
+    model: dict[Key, SubscriptionEntry] = {}
+    probe = [*probe, *(f.replace("+", "a").replace("#", "b") for f in pool)]
+    for number, op in enumerate(ops):
+        if op[0] == "add":
+            _, client, index, qos, no_local, rap = op
+            sub = Subscription(pool[index], qos=qos, no_local=no_local, retain_as_published=rap)
+            model[client, pool[index]] = SubscriptionEntry(client, sub, number or None)
+            trie.add(model[client, pool[index]])
+        else:
+            _, client, index = op
+            trie.remove(client, pool[index])
+            model.pop((client, pool[index]), None)
+        for topic in probe:
+            route = trie.route(topic)
+            assert trie.route(topic) is route  # remembered until the next change
+            got = {}
+            for target in route.targets:
+                origin = target.merged_for_origin()
+                got[target.client_id] = (
+                    target.qos,
+                    target.retain_as_published,
+                    sorted(target.identifiers),
+                    None if origin is None else (origin[0], origin[1], sorted(origin[2])),
+                )
+            assert got == expected_route(model, topic)

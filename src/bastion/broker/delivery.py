@@ -14,12 +14,17 @@ from collections.abc import Callable
 
 import structlog
 
-from bastion.broker.messages import Delivery, Message, outgoing_publish
+from bastion.broker.messages import Delivery, Message, outgoing_publish, publish_packet
 from bastion.broker.retained import RetainedStore
 from bastion.broker.securitylog import SecurityLog
 from bastion.broker.sessions import Inflight, Session, SessionRegistry, SessionState
 from bastion.broker.stats import BrokerStats, Defence
-from bastion.broker.subscriptions import SharedGroup, SubscriptionEntry, SubscriptionTrie
+from bastion.broker.subscriptions import (
+    RouteTarget,
+    SharedGroup,
+    SubscriptionEntry,
+    SubscriptionTrie,
+)
 from bastion.mqtt.packets import Packet, Publish, Pubrel
 from bastion.mqtt.reason_codes import ReasonCode
 from bastion.security.policy import Policy
@@ -27,23 +32,7 @@ from bastion.security.policy import Policy
 log = structlog.get_logger("bastion.broker")
 
 _ERROR_THRESHOLD = 0x80  # reason codes from here on are failures that end a flow
-
-
-class _Merged:
-    """The subscriptions of one client that matched one message, merged (§3.3.4)."""
-
-    __slots__ = ("identifiers", "qos", "retain")
-
-    def __init__(self, qos: int, retain: bool, identifier: int | None) -> None:
-        self.qos = qos
-        self.retain = retain
-        self.identifiers: list[int] = [] if identifier is None else [identifier]
-
-    def add(self, qos: int, retain: bool, identifier: int | None) -> None:
-        self.qos = max(self.qos, qos)
-        self.retain = self.retain or retain
-        if identifier is not None:
-            self.identifiers.append(identifier)
+_V5 = 5
 
 
 def live_connection(state: SessionState) -> Session | None:
@@ -94,9 +83,9 @@ class Router:
         """Retain ``message`` if asked and deliver it; returns how many subscribers got it."""
         if message.retain:
             self._retain(message)
-        entries, groups = self.trie.match(message.topic)
-        count = self._deliver_direct(message, entries, now) if entries else 0
-        for group in groups:
+        route = self.trie.route(message.topic)
+        count = self._deliver_direct(message, route.targets, now) if route.targets else 0
+        for group in route.groups:
             if self._deliver_shared(message, group, now):
                 count += 1
         return count
@@ -109,28 +98,52 @@ class Router:
         self.stats.retained_count = len(self.retained)
 
     def _deliver_direct(
-        self, message: Message, entries: list[SubscriptionEntry], now: float
+        self, message: Message, targets: tuple[RouteTarget, ...], now: float
     ) -> int:
-        merged: dict[str, _Merged] = {}
-        for entry in entries:
-            sub = entry.subscription
-            if sub.no_local and entry.client_id == message.origin:
-                continue
-            qos = min(message.qos, sub.qos)
-            retain = message.retain and sub.retain_as_published
-            seen = merged.get(entry.client_id)
-            if seen is None:
-                merged[entry.client_id] = _Merged(qos, retain, entry.identifier)
-            else:
-                seen.add(qos, retain, entry.identifier)
+        """One copy per matching client that may read the topic (§3.3.4, §4.7.2).
+
+        QoS 0 copies of one shape (protocol version, RETAIN, subscription identifiers) share
+        one ``Publish``, so each connection's encoder can reuse the bytes of the last one.
+        """
+        topic = message.topic
+        origin = message.origin
+        may_receive = self.policy.may_receive
+        sessions = self.sessions
+        expired = message.is_expired(now)
+        shapes: dict[tuple[bool, bool, tuple[int, ...]], Publish] = {}
         count = 0
-        for client_id, match in merged.items():
-            state = self.sessions.get(client_id)
-            if state is None or not self.policy.may_receive(state.identity, message.topic):
+        for target in targets:
+            if target.client_id == origin and target.no_local:
+                merged = target.merged_for_origin()
+                if merged is None:
+                    continue
+                sub_qos, rap, identifiers = merged
+            else:
+                sub_qos, rap, identifiers = (
+                    target.qos,
+                    target.retain_as_published,
+                    target.identifiers,
+                )
+            state = sessions.get(target.client_id)
+            if state is None or not may_receive(state.identity, topic):
                 continue
-            delivery = Delivery(message, match.qos, match.retain, tuple(match.identifiers))
-            self.deliver(state, delivery, now)
             count += 1
+            qos = message.qos if message.qos < sub_qos else sub_qos
+            retain = message.retain and rap
+            if qos:
+                self.deliver(state, Delivery(message, qos, retain, identifiers), now)
+                continue
+            connection = state.connection
+            if connection is None or not connection.open or expired:
+                continue  # QoS 0 is not queued for a client that is away
+            v5 = connection.protocol_version >= _V5
+            shape = (v5, retain, identifiers if v5 else ())
+            packet = shapes.get(shape)
+            if packet is None:
+                packet = shapes[shape] = publish_packet(
+                    message, 0, retain, shape[2], None, connection.protocol_version, now
+                )
+            self.send(connection, packet)
         return count
 
     def _deliver_shared(self, message: Message, group: SharedGroup, now: float) -> bool:

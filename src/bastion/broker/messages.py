@@ -131,27 +131,42 @@ def outgoing_publish(
     dup: bool = False,
 ) -> Publish:
     """The PUBLISH packet that carries ``delivery`` to a client at ``now``."""
-    message = delivery.message
+    return publish_packet(
+        delivery.message,
+        delivery.qos,
+        delivery.retain,
+        delivery.subscription_ids,
+        packet_id,
+        protocol_version,
+        now,
+        dup=dup,
+    )
+
+
+def publish_packet(  # noqa: PLR0917 - the parts of one outgoing PUBLISH
+    message: Message,
+    qos: int,
+    retain: bool,
+    subscription_ids: tuple[int, ...],
+    packet_id: int | None,
+    protocol_version: int,
+    now: float,
+    *,
+    dup: bool = False,
+) -> Publish:
+    """The PUBLISH that carries ``message`` with one subscriber's options at ``now``."""
     if protocol_version < 5:
         properties = NO_PROPERTIES
     else:
         properties = message.properties
         expiry = message.remaining_expiry(now)
-        if expiry is not None or delivery.subscription_ids:
+        if expiry is not None or subscription_ids:
             properties = replace(
                 properties,
                 message_expiry_interval=expiry,
-                subscription_identifiers=delivery.subscription_ids,
+                subscription_identifiers=subscription_ids,
             )
-    return Publish(
-        message.topic,
-        message.payload,
-        delivery.qos,
-        delivery.retain,
-        dup,
-        packet_id,
-        properties,
-    )
+    return Publish(message.topic, message.payload, qos, retain, dup, packet_id, properties)
 
 
 __all__ = [
@@ -162,4 +177,5 @@ __all__ = [
     "message_from_publish",
     "message_from_will",
     "outgoing_publish",
+    "publish_packet",
 ]

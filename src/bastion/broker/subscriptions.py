@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from bastion.mqtt.packets import Subscription
 from bastion.mqtt.topics import parse_shared, validate_topic_filter
 
-__all__ = ["SharedGroup", "SubscriptionEntry", "SubscriptionTrie"]
+__all__ = ["Route", "RouteTarget", "SharedGroup", "SubscriptionEntry", "SubscriptionTrie"]
+
+ROUTE_CACHE_SIZE = 4096  # topics whose routes are remembered (oldest forgotten first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,50 @@ class SubscriptionEntry:
     client_id: str
     subscription: Subscription
     identifier: int | None = None
+
+
+class RouteTarget:
+    """One client's non-shared subscriptions that match one topic, merged (§3.3.4).
+
+    ``qos`` is the highest granted QoS, ``retain_as_published`` whether any of them asks
+    for it, ``identifiers`` every Subscription Identifier. ``no_local`` keeps the entries
+    themselves when any has No Local set: for a message from that same client only the
+    others count (``merged_for_origin``).
+    """
+
+    __slots__ = ("client_id", "identifiers", "no_local", "qos", "retain_as_published")
+
+    def __init__(self, client_id: str, entries: list[SubscriptionEntry]) -> None:
+        self.client_id = client_id
+        self.qos, self.retain_as_published, self.identifiers = _merge(entries)
+        self.no_local: tuple[SubscriptionEntry, ...] = (
+            tuple(entries) if any(e.subscription.no_local for e in entries) else ()
+        )
+
+    def merged_for_origin(self) -> tuple[int, bool, tuple[int, ...]] | None:
+        """(qos, retain_as_published, identifiers) for a message this client published
+        itself, or None if every matching subscription has No Local set."""
+        if not self.no_local:
+            return self.qos, self.retain_as_published, self.identifiers
+        own = [e for e in self.no_local if not e.subscription.no_local]
+        return _merge(own) if own else None
+
+
+def _merge(entries: list[SubscriptionEntry]) -> tuple[int, bool, tuple[int, ...]]:
+    qos = max(e.subscription.qos for e in entries)
+    retain = any(e.subscription.retain_as_published for e in entries)
+    identifiers = tuple(e.identifier for e in entries if e.identifier is not None)
+    return qos, retain, identifiers
+
+
+class Route:
+    """Where one topic goes: merged per-client targets and the matching shared groups."""
+
+    __slots__ = ("groups", "targets")
+
+    def __init__(self, targets: tuple[RouteTarget, ...], groups: tuple[SharedGroup, ...]) -> None:
+        self.targets = targets
+        self.groups = groups
 
 
 class SharedGroup:
@@ -153,15 +199,17 @@ class SubscriptionTrie:
     """All subscriptions of all sessions, indexed by filter level and by client.
 
     ``match`` splits the topic once and walks the levels with dict lookups; a per-client
-    index makes ``remove_client`` proportional to that client's subscriptions.
+    index makes ``remove_client`` proportional to that client's subscriptions. ``route``
+    adds a per-topic cache of merged matches, emptied by every change of a subscription.
     """
 
-    __slots__ = ("_by_client", "_count", "_root")
+    __slots__ = ("_by_client", "_count", "_root", "_routes")
 
     def __init__(self) -> None:
         self._root = _Node()
         self._by_client: dict[str, dict[str, SubscriptionEntry]] = {}  # client -> full filter
         self._count = 0
+        self._routes: dict[str, Route] = {}
 
     def __len__(self) -> int:
         """Total number of subscriptions, shared ones included."""
@@ -175,6 +223,7 @@ class SubscriptionTrie:
         full_filter = entry.subscription.topic_filter
         validate_topic_filter(full_filter)
         share, topic_filter = parse_shared(full_filter)
+        self._routes.clear()
         node = self._root
         for level in topic_filter.split("/"):
             node = node.child_or_create(level)
@@ -209,6 +258,7 @@ class SubscriptionTrie:
         own = self._by_client.get(client_id)
         if own is None or own.pop(topic_filter, None) is None:
             return False
+        self._routes.clear()
         if not own:
             del self._by_client[client_id]
         self._detach(client_id, topic_filter)
@@ -220,6 +270,7 @@ class SubscriptionTrie:
         own = self._by_client.pop(client_id, None)
         if own is None:
             return 0
+        self._routes.clear()
         for full_filter in own:
             self._detach(client_id, full_filter)
         self._count -= len(own)
@@ -278,6 +329,32 @@ class SubscriptionTrie:
             if node.hash is not None:  # "a/#" also matches "a"
                 _collect(node.hash, entries, groups)
         return entries, groups
+
+    def route(self, topic: str) -> Route:
+        """``match`` merged per client, remembered per topic until a subscription changes.
+
+        The result is shared: callers must not change it.
+        """
+        routes = self._routes
+        found = routes.get(topic)
+        if found is not None:
+            return found
+        entries, groups = self.match(topic)
+        by_client: dict[str, list[SubscriptionEntry]] = {}
+        for entry in entries:
+            own = by_client.get(entry.client_id)
+            if own is None:
+                by_client[entry.client_id] = [entry]
+            else:
+                own.append(entry)
+        found = Route(
+            tuple(RouteTarget(client_id, own) for client_id, own in by_client.items()),
+            tuple(groups),
+        )
+        if len(routes) >= ROUTE_CACHE_SIZE:
+            del routes[next(iter(routes))]
+        routes[topic] = found
+        return found
 
     def node_count(self) -> int:
         """Number of trie nodes, root included (diagnostics: it tracks live filters only)."""

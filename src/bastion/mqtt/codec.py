@@ -103,6 +103,12 @@ def _check_reason(kind: PacketType, reason: int) -> None:
 # ---------------------------------------------------------------------------- encoding
 
 
+# The last PUBLISH encoded, with its bytes: the broker hands one ``Publish`` object to every
+# subscriber of the same shape, so a fan-out encodes it once. Keyed by identity (the memo
+# holds a reference, so the id cannot be reused) and replaced in one assignment.
+_last_publish: tuple[Publish | None, bool, bytes] = (None, False, b"")
+
+
 def encode(packet: Packet, version: int) -> bytes:
     """Encode ``packet`` for a connection speaking protocol level ``version`` (3, 4 or 5).
 
@@ -111,10 +117,16 @@ def encode(packet: Packet, version: int) -> bytes:
     (QoS 3, a missing packet id, AUTH below 5.0, oversized strings, a property the packet
     may not carry) raise ``ValueError``.
     """
+    global _last_publish  # a one-entry memo, replaced as a whole
     v5 = version >= MQTT_5
     try:
         if type(packet) is Publish:
-            return _encode_publish(packet, v5)
+            last = _last_publish
+            if last[0] is packet and last[1] == v5:
+                return last[2]
+            data = _encode_publish(packet, v5)
+            _last_publish = (packet, v5, data)
+            return data
         return _ENCODERS[type(packet)](packet, v5)
     except (struct.error, OverflowError, IndexError) as exc:
         raise ValueError(f"cannot encode {type(packet).__name__}: {exc}") from None

@@ -71,6 +71,7 @@ _ACKS_WITH_DIAGNOSTICS = (
 )
 
 MAX_PACKET_SIZE_LIMIT = 268_435_460  # 1 + 4 + 268,435,455 (largest remaining length)
+_VALID_TOPICS_KEPT = 64  # per connection; the set starts over when it is full
 
 
 class MqttConnection:
@@ -99,6 +100,8 @@ class MqttConnection:
         self._next_alias = 1
         # Inbound QoS 1/2 packet ids not yet completed by PUBACK / PUBCOMP (Receive Maximum).
         self._inbound_unacked: set[int] = set()
+        # Topic names this client already sent that passed validation (devices repeat theirs).
+        self._valid_topics: set[str] = set()
 
     # ------------------------------------------------------------------ inbound
 
@@ -174,7 +177,12 @@ class MqttConnection:
         alias = packet.properties.topic_alias
         if alias is not None:
             packet = self._resolve_alias(packet, alias)
-        validate_topic_name(packet.topic)
+        topic = packet.topic
+        if topic not in self._valid_topics:
+            validate_topic_name(topic)
+            if len(self._valid_topics) >= _VALID_TOPICS_KEPT:
+                self._valid_topics.clear()
+            self._valid_topics.add(topic)
         _check_response_topic(packet.properties)
         if packet.qos and self.version == ProtocolVersion.MQTT_5:
             pid = packet.packet_id

@@ -239,19 +239,39 @@ def _overlaps(rule: tuple[str, ...], subject: list[str]) -> bool:
 # -- compiled rules and the per-client view -------------------------------------------------
 
 
+_DECISIONS_KEPT = 1024  # per client: remembered read/write decisions (the cache starts over)
+
+
 class ClientAcl:
     """The rules that apply to one client, substituted and ordered: denies, then grants."""
 
-    __slots__ = ("_denies", "_grants")
+    __slots__ = ("_decided", "_denies", "_grants")
 
     def __init__(self, denies: Sequence[_Bound], grants: Sequence[_Bound]) -> None:
         self._denies = tuple(denies)
         self._grants = tuple(grants)
+        # (topic, access) -> decision, for the topics this client publishes and receives:
+        # the rules never change for a bound view (a reload binds a new one).
+        self._decided: dict[tuple[str, Access], AclDecision] | None = None
 
     def check(self, topic: str, access: Access) -> AclDecision:
         """Decide ``read``/``write`` of a topic name or ``subscribe`` to a topic filter."""
         if access == "subscribe":
             return self._check_subscribe(topic)
+        decided = self._decided
+        if decided is None:
+            decided = self._decided = {}
+        else:
+            known = decided.get((topic, access))
+            if known is not None:
+                return known
+        decision = self._check_name(topic, access)
+        if len(decided) >= _DECISIONS_KEPT:
+            decided.clear()
+        decided[topic, access] = decision
+        return decision
+
+    def _check_name(self, topic: str, access: Access) -> AclDecision:
         needed = _NEEDED[access]
         if not topic or "+" in topic or "#" in topic:
             return AclDecision(False, None)  # not a topic name: nothing can grant it

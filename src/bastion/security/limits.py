@@ -132,6 +132,15 @@ class TokenBucket:
             return True
         return False
 
+    def holds(self, now: float, amount: float) -> bool:
+        """Whether ``amount`` tokens are in the bucket at ``now`` (takes nothing)."""
+        self._refill(now)
+        return self._tokens >= amount
+
+    def spend(self, amount: float) -> None:
+        """Take ``amount`` tokens ``holds`` just confirmed (same ``now``; no refill)."""
+        self._tokens -= amount
+
     def delay_until_available(self, now: float, amount: float = 1.0) -> float:
         """Seconds from ``now`` until ``take(amount)`` would succeed; 0.0 if it would now."""
         _check_amount(amount)
@@ -256,6 +265,21 @@ class ClientRateLimiter:
             if profile.bytes_per_second is not None
             else None
         )
+
+    def take_batch(self, now: float, count: int, size: int) -> bool:
+        """Charge ``count`` publishes of ``size`` bytes in all if both buckets cover them;
+        else charge nothing and return False (the caller then asks ``check_publish`` one by
+        one). Same outcome as ``count`` calls that would all have answered ALLOW."""
+        messages, data = self._messages, self._bytes
+        if messages is not None and not messages.holds(now, count):
+            return False
+        if data is not None and not data.holds(now, size):
+            return False
+        if messages is not None:
+            messages.spend(count)
+        if data is not None:
+            data.spend(size)
+        return True
 
     def check_publish(self, now: float, size: int) -> RateDecision:
         """Account for one inbound publish of ``size`` bytes (the whole packet) at ``now``."""

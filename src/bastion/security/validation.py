@@ -56,10 +56,13 @@ def is_utf8(payload: bytes) -> bool:
     return True
 
 
+_PASSED_KEPT = 4096  # topic names remembered as within the limits (the set starts over)
+
+
 class MessageRules:
     """The server's bounds on topics and messages, compiled once from the settings."""
 
-    __slots__ = ("max_message_size", "max_topic_length", "max_topic_levels")
+    __slots__ = ("_passed", "max_message_size", "max_topic_length", "max_topic_levels")
 
     def __init__(
         self, *, max_topic_length: int, max_topic_levels: int, max_message_size: int
@@ -67,6 +70,7 @@ class MessageRules:
         self.max_topic_length = max_topic_length
         self.max_topic_levels = max_topic_levels
         self.max_message_size = max_message_size  # 0: no limit beyond the packet size
+        self._passed: set[str] = set()  # topic names known to be within the limits
 
     @classmethod
     def from_settings(cls, settings: MqttSettings) -> MessageRules:
@@ -88,8 +92,14 @@ class MessageRules:
 
     def check_topic_name(self, topic: str) -> Rejection | None:
         """Refuse a topic name over the length or level limit (0x90 Topic Name invalid)."""
+        passed = self._passed
+        if topic in passed:
+            return None
         problem = self._topic_problem(topic, topic)
         if problem is None:
+            if len(passed) >= _PASSED_KEPT:
+                passed.clear()
+            passed.add(topic)
             return None
         return Rejection(ReasonCode.TOPIC_NAME_INVALID, Rule.TOPIC_LIMIT, f"topic name {problem}")
 

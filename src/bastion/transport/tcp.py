@@ -221,6 +221,7 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
     # -------------------------------------------------------------- dispatching
 
     def _handle_events(self, events: list[Event], now: float) -> None:
+        metered = self._meter_batch(events, now)
         for index, event in enumerate(events):
             if self._closing:
                 return
@@ -235,7 +236,7 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
                 self._held = list(events[index + 1 :])
                 self._start_admission(event)
                 return
-            if isinstance(event, Publish) and not self._meter(event, now):
+            if not metered and isinstance(event, Publish) and not self._meter(event, now):
                 return
             self._broker.receive(self._session, event, now)
             if self._paused:
@@ -243,6 +244,18 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
                 # flooder's backlog is handled a budget at a time, never in one long burst.
                 self._held = list(events[index + 1 :])
                 return
+
+    def _meter_batch(self, events: list[Event], now: float) -> bool:
+        """Charge every PUBLISH of one read at once when the budget covers them all."""
+        limiter = self._limiter
+        if limiter is None or self._session is None:
+            return limiter is None
+        count = size = 0
+        for event in events:
+            if type(event) is Publish:
+                count += 1
+                size += len(event.payload)
+        return count > 0 and limiter.take_batch(now, count, size)
 
     def _meter(self, packet: Publish, now: float) -> bool:
         """Charge a PUBLISH to the client's budget; False if the client was disconnected."""

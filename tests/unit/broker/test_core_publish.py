@@ -367,3 +367,31 @@ def test_packet_ids_skip_ids_in_use() -> None:
     pub.publish("t", qos=1)
     [msg] = sub.take_publishes()
     assert msg.packet_id not in (first[0], first[2])
+
+
+def test_qos0_copies_share_a_packet_only_when_their_shape_is_the_same() -> None:
+    """One Publish per (version, RETAIN, identifiers): equal copies are the same object,
+    and each subscriber still gets exactly its own options."""
+    h = Harness()
+    old1 = h.connect("old1", version=4)
+    old2 = h.connect("old2", version=4)
+    new1 = h.connect("new1")
+    new2 = h.connect("new2")
+    tagged = h.connect("tagged")
+    rap = h.connect("rap")
+    for client in (old1, old2, new1, new2):
+        client.subscribe("s/t")
+    tagged.subscribe(Subscription("s/+"), identifier=9)
+    rap.subscribe(Subscription("s/#", retain_as_published=True))
+    h.connect("pub").publish("s/t", b"v", retain=True)
+    [o1], [o2], [n1], [n2], [t], [r] = (
+        c.take_publishes() for c in (old1, old2, new1, new2, tagged, rap)
+    )
+    assert o1 is o2 and n1 is n2
+    assert o1 is not n1
+    assert (t.properties.subscription_identifiers, n1.properties.subscription_identifiers) == (
+        (9,),
+        (),
+    )
+    assert r.retain and not n1.retain and not o1.retain
+    assert all(p.payload == b"v" and p.topic == "s/t" for p in (o1, n1, t, r))

@@ -438,3 +438,16 @@ def test_large_publish_uses_multi_byte_remaining_length() -> None:
     data = codec.encode(Publish("big", payload, qos=1, packet_id=9), 4)
     assert data[1:4] == codec.encode_variable_byte_int(len(data) - 4)
     assert decode_frame(data, 4) == Publish("big", payload, qos=1, packet_id=9)
+
+
+def test_encoding_one_publish_for_both_versions_gives_each_its_own_bytes() -> None:
+    """The one-entry memo is keyed by the packet and the version family."""
+    packet = Publish("t/x", b"data", properties=Properties(content_type="a"))
+    twin = Publish("t/x", b"data", properties=Properties(content_type="a"))
+    v4 = codec.encode(packet, 4)
+    v5 = codec.encode(packet, 5)
+    assert v4 != v5
+    assert codec.encode(packet, 4) == v4 == codec.encode(twin, 4)
+    assert codec.encode(packet, 5) == v5 == codec.encode(twin, 5)
+    assert codec.encode(packet, 3) == v4  # 3.1 and 3.1.1 share the PUBLISH layout
+    assert codec.decode(v5[0], v5[2:], 5) == packet

@@ -242,3 +242,17 @@ def test_non_mqtt_first_byte_rejected_before_a_whole_frame_arrives() -> None:
     assert v.reason == ReasonCode.PROTOCOL_ERROR
     assert v.during_connect
     assert conn.violation_response(v) == b""
+
+
+def test_a_repeated_topic_is_validated_once_and_bad_topics_still_fail() -> None:
+    conn = MqttConnection()
+    conn.receive_data(codec.encode(Connect(4, "c"), 4))
+    good = codec.encode(Publish("a/b", b"1"), 4)
+    for _ in range(3):
+        [packet] = conn.receive_data(good)
+        assert isinstance(packet, Publish) and packet.topic == "a/b"
+    for i in range(200):  # more distinct topics than one connection remembers
+        [packet] = conn.receive_data(codec.encode(Publish(f"t/{i}", b""), 4))
+        assert isinstance(packet, Publish)
+    [violation] = conn.receive_data(codec.encode(Publish("a/+", b"1"), 4))
+    assert isinstance(violation, ProtocolViolation)

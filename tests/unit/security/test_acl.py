@@ -529,3 +529,18 @@ def test_toml_error_index_points_at_the_bad_rule() -> None:
     table["rules"][4]["access"] = "all"
     with pytest.raises(ConfigError, match=r"^acl\.rules\[4\]\.access: "):
         acl_from_toml(table)
+
+
+def test_bound_view_remembers_decisions_and_stays_right(acl: AclRules) -> None:
+    """The per-client decision cache answers like a fresh check, also once it overflows."""
+    bound = acl.bind("sensor1", "s1")
+    fresh = acl.bind("sensor1", "s1")
+    topics = ["temp/sensor1", "temp/sensor2", "devices/sensor1/x", "devices/sensor1/firmware"]
+    topics += [f"noise/{i}" for i in range(2500)]  # more than the cache keeps
+    for _ in range(2):
+        for topic in topics:
+            for access in ("read", "write"):
+                assert bound.check(topic, access) == fresh.check(topic, access)
+    assert bound.check("temp/sensor1", "write").allowed
+    assert not bound.check("devices/sensor1/firmware", "write").allowed
+    assert bound.check("devices/sensor1/x", "read").allowed

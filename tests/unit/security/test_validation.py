@@ -85,3 +85,15 @@ def test_check_message_reports_the_topic_first() -> None:
     rejection = rules(levels=1).check_message("a/b", b"\xff", UTF8)
     assert rejection is not None
     assert rejection.rule is Rule.TOPIC_LIMIT
+
+
+def test_topic_limit_checks_are_remembered_and_stay_right() -> None:
+    rules = MessageRules(max_topic_length=20, max_topic_levels=3, max_message_size=0)
+    for _ in range(2):  # the second round answers from the remembered topic names
+        assert rules.check_topic_name("a/b/c") is None
+        rejection = rules.check_topic_name("a/b/c/d")
+        assert rejection is not None and rejection.reason == ReasonCode.TOPIC_NAME_INVALID
+        assert rules.check_topic_name("x" * 21) is not None
+    for i in range(5000):  # beyond what is kept: the set starts over, answers do not change
+        assert rules.check_topic_name(f"t/{i}") is None
+    assert rules.check_topic_name("a/b/c/d") is not None
