@@ -39,6 +39,11 @@ class Inflight:
 UNLIMITED = 1 << 62  # a byte bound that is never reached
 
 
+# Every outbox starts with this one empty queue (an empty deque costs ~600 bytes, and most
+# sessions never queue); ``maxlen=0`` makes a stray append drop rather than share items.
+_NO_QUEUE: deque[Delivery] = deque(maxlen=0)
+
+
 class Outbox:
     """The outbound QoS 1/2 flow of one session: the inflight window and the pending queue.
 
@@ -69,7 +74,7 @@ class Outbox:
         max_inflight_bytes: int = UNLIMITED,
     ) -> None:
         self.inflight: dict[int, Inflight] = {}  # insertion order = send order
-        self.queue: deque[Delivery] = deque()
+        self.queue: deque[Delivery] = _NO_QUEUE  # a real deque from the first enqueue on
         self.inflight_bytes = 0
         self.queued_bytes = 0
         self.overflowing = False  # copies are being dropped: a queue-full episode runs
@@ -108,7 +113,10 @@ class Outbox:
         size = delivery.message.size
         if len(self.queue) >= self._max_queued or self.queued_bytes + size > self._max_queued_bytes:
             return False
-        self.queue.append(delivery)
+        queue = self.queue
+        if queue is _NO_QUEUE:
+            queue = self.queue = deque()
+        queue.append(delivery)
         self.queued_bytes += size
         return True
 

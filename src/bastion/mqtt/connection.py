@@ -71,6 +71,7 @@ _ACKS_WITH_DIAGNOSTICS = (
 )
 
 MAX_PACKET_SIZE_LIMIT = 268_435_460  # 1 + 4 + 268,435,455 (largest remaining length)
+_NOTHING_UNACKED: set[int] = set()  # shared by idle connections; never added to
 _VALID_TOPICS_KEPT = 64  # per connection; the set starts over when it is full
 
 
@@ -90,7 +91,7 @@ class MqttConnection:
         self.topic_alias_maximum = topic_alias_maximum
         self._assign_aliases = assign_topic_aliases
         self.version: int | None = None
-        self.connect: Connect | None = None
+        self.connected = False  # CONNECT seen (the packet itself, password included, is not kept)
         self.failed = False
         # Limits the client announced in CONNECT (MQTT 5).
         self.client_maximum_packet_size: int | None = None
@@ -99,9 +100,10 @@ class MqttConnection:
         self._outbound_aliases: dict[str, int] = {}
         self._next_alias = 1
         # Inbound QoS 1/2 packet ids not yet completed by PUBACK / PUBCOMP (Receive Maximum).
-        self._inbound_unacked: set[int] = set()
-        # Topic names this client already sent that passed validation (devices repeat theirs).
-        self._valid_topics: set[str] = set()
+        self._inbound_unacked: set[int] = _NOTHING_UNACKED  # replaced at the first QoS 1/2
+        # Topic names this client already sent that passed validation (devices repeat theirs);
+        # created with the first PUBLISH, so an idle connection does not carry it.
+        self._valid_topics: set[str] | None = None
 
     # ------------------------------------------------------------------ inbound
 
@@ -110,7 +112,7 @@ class MqttConnection:
         if self.failed:
             return []
         if (
-            self.connect is None
+            not self.connected
             and data
             and not self._reader.buffered
             and data[0] >> 4 != PacketType.CONNECT
@@ -134,13 +136,13 @@ class MqttConnection:
             self.failed = True
             events.append(
                 ProtocolViolation(
-                    exc.reason, exc.message, self.connect is None, isinstance(exc, InvalidUtf8)
+                    exc.reason, exc.message, not self.connected, isinstance(exc, InvalidUtf8)
                 )
             )
         return events
 
     def _handle_frame(self, first_byte: int, body: bytes) -> Packet:
-        if self.connect is None:
+        if not self.connected:
             return self._handle_connect(first_byte, body)
         version = self.version or ProtocolVersion.MQTT_3_1_1
         packet = codec.decode(first_byte, body, version)
@@ -170,7 +172,7 @@ class MqttConnection:
         self.client_maximum_packet_size = props.maximum_packet_size
         if self._assign_aliases and props.topic_alias_maximum:
             self.client_topic_alias_maximum = props.topic_alias_maximum
-        self.connect = packet
+        self.connected = True
         return packet
 
     def _inbound_publish(self, packet: Publish) -> Publish:
@@ -178,23 +180,29 @@ class MqttConnection:
         if alias is not None:
             packet = self._resolve_alias(packet, alias)
         topic = packet.topic
-        if topic not in self._valid_topics:
+        known = self._valid_topics
+        if known is None:
+            known = self._valid_topics = set()
+        if topic not in known:
             validate_topic_name(topic)
-            if len(self._valid_topics) >= _VALID_TOPICS_KEPT:
-                self._valid_topics.clear()
-            self._valid_topics.add(topic)
+            if len(known) >= _VALID_TOPICS_KEPT:
+                known.clear()
+            known.add(topic)
         _check_response_topic(packet.properties)
         if packet.qos and self.version == ProtocolVersion.MQTT_5:
             pid = packet.packet_id
             assert pid is not None
-            if pid not in self._inbound_unacked:
-                if len(self._inbound_unacked) >= self.receive_maximum:
+            unacked = self._inbound_unacked
+            if pid not in unacked:
+                if len(unacked) >= self.receive_maximum:
                     raise ProtocolError(
                         f"more than Receive Maximum ({self.receive_maximum}) unacknowledged "
                         "QoS 1/2 PUBLISH packets",
                         ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                     )
-                self._inbound_unacked.add(pid)
+                if unacked is _NOTHING_UNACKED:
+                    unacked = self._inbound_unacked = set()
+                unacked.add(pid)
         return packet
 
     def _resolve_alias(self, packet: Publish, alias: int) -> Publish:

@@ -61,6 +61,37 @@ _READ_VIEW = memoryview(_READ_BUFFER)
 class MqttClientProtocol(asyncio.BufferedProtocol):
     """One client connection: the bridge between a socket and the broker core."""
 
+    __slots__ = (
+        "_admitted",
+        "_auth_waiter",
+        "_broker",
+        "_certificate_identity",
+        "_claimed_username",
+        "_closing",
+        "_conn",
+        "_connect_seen",
+        "_flush_scheduled",
+        "_front",
+        "_held",
+        "_limiter",
+        "_listener",
+        "_lost",
+        "_out",
+        "_out_size",
+        "_paused",
+        "_resume_handle",
+        "_session",
+        "_slow",
+        "_tls",
+        "_transport",
+        "ip",
+        "keep_alive",
+        "last_received",
+        "opened_at",
+        "peer",
+        "protocol_version",
+    )
+
     def __init__(self, front: Front, listener: ListenerInfo) -> None:
         self._front = front
         self._broker = front.broker

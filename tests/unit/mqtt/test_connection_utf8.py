@@ -160,7 +160,7 @@ def test_v5_connect_string_fields(field: str, bad: bytes) -> None:
     assert violation.reason == ReasonCode.MALFORMED_PACKET
     assert violation.invalid_utf8
     assert violation.during_connect
-    assert conn.connect is None  # never accepted
+    assert not conn.connected  # never accepted
     connack = codec.encode(Connack(reason_code=ReasonCode.MALFORMED_PACKET), V5)
     assert conn.violation_response(violation) == connack
 
