@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import math
 from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
@@ -221,8 +222,8 @@ class EventWindow:
 
     def count(self, now: float, window: float) -> int:
         """Events remembered that happened after ``now - window``."""
-        cutoff = now - window
-        return sum(1 for t in self._times if t > cutoff)
+        times = self._times  # ascending: events are added with the time they happened
+        return len(times) - bisect_right(times, now - window)
 
     def clear(self) -> None:
         """Forget every event."""

@@ -6,6 +6,7 @@ into actions (pause reads, disconnect, close). ``bans.py`` and ``audit.py`` sit 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections import OrderedDict
@@ -47,6 +48,7 @@ def _check_amount(amount: float) -> None:
         raise ValueError(f"amount must be a finite number >= 0, got {amount!r}")
 
 
+@functools.lru_cache(maxsize=4096)
 def source_key(ip: str, ipv6_prefix: int = 64) -> str:
     """The key per-source limits and bans use for the address ``ip`` (no port).
 
