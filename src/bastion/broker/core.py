@@ -97,6 +97,7 @@ class Broker:
             self.stats,
             security=self.security,
             max_delivery_attempts=settings.max_delivery_attempts,
+            max_publisher_hold=settings.max_publisher_hold,
         )
         self.inbound = InboundPublishes(
             settings, policy, self.router, self.sessions, security=self.security, close=self._close
@@ -278,10 +279,13 @@ class Broker:
     def _connection_ended(self, connection: Session, now: float) -> None:
         """Unbind ``connection``: its will, then the session ends or waits offline."""
         connection.open = False
+        backpressure = self.router.backpressure
+        backpressure.forget(connection)
         state = connection.state
         if state.connection is not connection:
             return
         state.connection = None
+        backpressure.relieve(state.client_id)  # an offline queue holds nobody
         self.stats.clients_connected -= 1
         self.security.end_connection(state.client_id)
         will, connection.will = connection.will, None
@@ -503,6 +507,9 @@ class Broker:
             log.info("session.expired", client_id=state.client_id)
             self._end_session(state, now)
         self.inbound.expire(now)
+        backpressure = self.router.backpressure
+        for client_id in backpressure.expire(now, self.sessions.get):
+            log.info("backpressure.lagging", client_id=client_id, hold=backpressure.max_hold)
         if self.sys_topics.due(now):
             self._publish_sys(now)
         deadlines = [
@@ -511,6 +518,7 @@ class Broker:
                 self.wills.next_deadline(),
                 self.sessions.next_deadline(),
                 self.inbound.next_deadline(),
+                self.router.backpressure.next_deadline(),
                 self.sys_topics.next_deadline(),
             )
             if deadline is not None

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
+from bastion.broker.backpressure import Backpressure, high_water, low_water
 from bastion.broker.messages import Delivery, Message, outgoing_publish, publish_packet
 from bastion.broker.retained import RetainedStore
 from bastion.broker.securitylog import SecurityLog
@@ -54,6 +55,7 @@ class Router:
         *,
         security: SecurityLog,
         max_delivery_attempts: int = 0,
+        max_publisher_hold: float = 0.0,
     ) -> None:
         self.policy = policy
         self.sessions = sessions
@@ -62,6 +64,10 @@ class Router:
         self.stats = stats
         self.security = security
         self.max_attempts = max_delivery_attempts  # 0: no bound
+        self.backpressure = Backpressure(max_publisher_hold)
+        # Online sessions whose queue passed its high-water mark while the current message
+        # was routed: the caller holds that message's publisher (``InboundPublishes``).
+        self.congested: list[SessionState] = []
 
     # -- sending -----------------------------------------------------------------------
 
@@ -81,6 +87,8 @@ class Router:
 
     def publish(self, message: Message, now: float) -> int:
         """Retain ``message`` if asked and deliver it; returns how many subscribers got it."""
+        if self.congested:
+            self.congested.clear()  # left by a publish nobody held (a will, $SYS, retained)
         if message.retain:
             self._retain(message)
         route = self.trie.route(message.topic)
@@ -218,10 +226,20 @@ class Router:
         outbox = state.outbox
         if connection is not None and not outbox.queue and outbox.has_room(connection.window):
             self._start(connection, delivery, now)
-        elif not outbox.enqueue(delivery):
-            purged = outbox.purge_expired(now)
-            self.stats.publish_messages_dropped += purged
-            if not purged or not outbox.enqueue(delivery):
+        else:
+            queued = outbox.enqueue(delivery)
+            if not queued:
+                purged = outbox.purge_expired(now)
+                self.stats.publish_messages_dropped += purged
+                queued = bool(purged) and outbox.enqueue(delivery)
+            if (
+                connection is not None
+                and self.backpressure.enabled
+                and outbox.lagging_until <= now
+                and (not queued or high_water(outbox))
+            ):
+                self.congested.append(state)
+            if not queued:
                 self._queue_full(state, delivery, now)
                 return
         if outbox.overflowing:  # a copy fits again: the queue-full episode is over
@@ -268,6 +286,8 @@ class Router:
         outbox = state.outbox
         while outbox.queue and outbox.has_room(connection.window):
             self._start(connection, outbox.dequeue(), now)
+        if self.backpressure.holds_for(state.client_id) and low_water(outbox):
+            self.backpressure.relieve(state.client_id)
 
     def resume(self, connection: Session, now: float) -> None:
         """Resend the unacknowledged flows in their original order, then drain the queue.

@@ -214,7 +214,11 @@ class InboundPublishes:
         )
         matched = 0
         if allowed:
-            matched = self.router.publish(message_from_publish(packet, state.client_id, now), now)
+            router = self.router
+            matched = router.publish(message_from_publish(packet, state.client_id, now), now)
+            if router.congested:  # some subscriber's queue is filling: slow this sender down
+                router.backpressure.hold(session, router.congested, now)
+                router.congested.clear()
         else:
             log.debug("publish.denied", client_id=state.client_id, topic=packet.topic)
         packet_id = packet.packet_id

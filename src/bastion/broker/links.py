@@ -37,5 +37,14 @@ class ClientLink(Protocol):
         """Keep alive the transport must enforce (it waits 1.5 times this); 0 disables it."""
         ...
 
+    def pause_reading(self) -> None:
+        """Stop reading from the client (backpressure) until ``resume_reading``; time spent
+        paused does not count against the client's keep alive."""
+        ...
+
+    def resume_reading(self) -> None:
+        """Read from the client again after ``pause_reading``."""
+        ...
+
 
 __all__ = ["ClientLink"]

@@ -59,6 +59,7 @@ class Outbox:
         "_next_purge",
         "inflight",
         "inflight_bytes",
+        "lagging_until",
         "overflowing",
         "queue",
         "queued_bytes",
@@ -78,6 +79,7 @@ class Outbox:
         self.inflight_bytes = 0
         self.queued_bytes = 0
         self.overflowing = False  # copies are being dropped: a queue-full episode runs
+        self.lagging_until = 0.0  # until then this session holds no publisher (backpressure)
         self._max_queued = max_queued
         self._max_queued_bytes = max_queued_bytes
         self._max_inflight_bytes = max_inflight_bytes
@@ -107,6 +109,13 @@ class Outbox:
         if item is not None:
             self.inflight_bytes -= item.delivery.message.size
         return item
+
+    def queue_fraction(self) -> float:
+        """How full the queue is: the larger of its message and byte fill (0 to 1; 0 for an
+        outbox that may queue nothing, which drops instead of pushing back)."""
+        if self._max_queued <= 0 or self._max_queued_bytes <= 0:
+            return 0.0
+        return max(len(self.queue) / self._max_queued, self.queued_bytes / self._max_queued_bytes)
 
     def enqueue(self, delivery: Delivery) -> bool:
         """Queue ``delivery`` behind the others; False (and not queued) when the queue is full."""

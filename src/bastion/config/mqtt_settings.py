@@ -94,6 +94,18 @@ class MqttSettings(_Section):
             "logged once per episode. 0 queues nothing."
         ),
     )
+    max_publisher_hold: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Backpressure: when a connected subscriber's QoS 1/2 queue is half full, the broker "
+            "stops reading from the publishers feeding it until the queue drains to an eighth, "
+            "so acknowledged messages are not dropped while it catches up. A hold lasts at most "
+            "this many seconds; a subscriber still behind then is marked lagging for 30 s, holds "
+            "nobody, and its overflow is dropped (counted). 0 turns backpressure off."
+        ),
+    )
     max_inflight_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1,

@@ -11,7 +11,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bastion.broker.core import Broker
@@ -27,6 +27,38 @@ if TYPE_CHECKING:
 SecuritySink = Callable[[SecurityEvent, float], object]
 
 
+class OutputFlusher:
+    """The connections with output waiting, written out together.
+
+    A connection queues what it sends and registers here once; everything is written when
+    the read that caused it has been handled (``flush``, called by the transport after each
+    read) or, for output from timers and tasks, at the end of the event-loop turn. So a
+    subscriber's next messages leave as soon as its acknowledgements are read, not after
+    every other socket of the turn, and one read still makes one write per receiver.
+    """
+
+    __slots__ = ("_pending", "_scheduled")
+
+    def __init__(self) -> None:
+        self._pending: list[MqttClientProtocol] = []
+        self._scheduled = False
+
+    def add(self, protocol: MqttClientProtocol) -> None:
+        self._pending.append(protocol)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        for protocol in pending:
+            protocol.flush()
+
+
 @dataclass
 class Front:
     """What every connection of one process shares: core, policy, defences, audit sink."""
@@ -38,6 +70,7 @@ class Front:
     report: SecuritySink
     executor: Executor | None  # where password hashes are checked (None: inline, tests)
     registry: ConnectionRegistry
+    flusher: OutputFlusher = field(default_factory=OutputFlusher)
 
 
 @dataclass(frozen=True)

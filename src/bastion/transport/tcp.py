@@ -64,6 +64,7 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
     __slots__ = (
         "_admitted",
         "_auth_waiter",
+        "_backpressured",
         "_broker",
         "_certificate_identity",
         "_claimed_username",
@@ -118,6 +119,7 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
         self._admitted = False  # counted by the connection gate (release on close)
         self._connect_seen = False
         self._paused = False
+        self._backpressured = False  # held by the broker until a subscriber catches up
         self._slow = False
         self._resume_handle: asyncio.TimerHandle | None = None
         self._lost = False
@@ -197,8 +199,9 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
                 self._handle_events(self._conn.receive_data(data), now)
             if tls.peer_closed:
                 self._shutdown_transport()  # close_notify: the client's end of stream
-            return
-        self._handle_events(self._conn.receive_data(data), now)
+        else:
+            self._handle_events(self._conn.receive_data(data), now)
+        self._front.flusher.flush()  # what this read caused goes out now
 
     # --------------------------------------------------------------------- TLS
 
@@ -336,7 +339,7 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
         held, self._held = self._held, []
         if held:
             self._handle_events(held, now)
-        if not self._paused and not self._closing:
+        if not self._paused and not self._closing and not self._backpressured:
             self._transport.resume_reading()
 
     # ---------------------------------------------------------------- admission
@@ -364,7 +367,12 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
             self._limiter = ClientRateLimiter(profile)
             held, self._held = self._held, []
             self._handle_events(held, now)
-            if not self._closing and self._transport is not None and not self._paused:
+            if (
+                not self._closing
+                and self._transport is not None
+                and not self._paused
+                and not self._backpressured
+            ):
                 self._transport.resume_reading()
         except Exception:  # never let one client's admission take the loop down
             log.exception("connect.failed", peer=self.peer)
@@ -594,6 +602,24 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
     def set_keep_alive(self, seconds: int) -> None:
         self.keep_alive = seconds
 
+    def pause_reading(self) -> None:
+        """The broker holds this publisher (backpressure): read nothing until released."""
+        if self._backpressured:
+            return
+        self._backpressured = True
+        transport = self._transport
+        if transport is not None and not self._closing and not self._paused:
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._backpressured:
+            return
+        self._backpressured = False
+        self.last_received = time.monotonic()  # time spent held is ours, not the client's
+        transport = self._transport
+        if transport is not None and not self._closing and not self._paused:
+            transport.resume_reading()
+
     # --------------------------------------------------------------- internals
 
     @property
@@ -606,13 +632,14 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size >= FLUSH_AT:
-            self._flush()  # a big batch goes now: the socket drains while we work on
+            self.flush()  # a big batch goes now: the socket drains while we work on
             return
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._front.flusher.add(self)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write out what was queued (one write, or one TLS batch)."""
         self._flush_scheduled = False
         out = self._out
         self._out_size = 0
@@ -639,7 +666,7 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
             return
         self._closing = True
         self._wake_auth_waiter()
-        self._flush()
+        self.flush()
         transport = self._transport
         if transport is None:
             return
@@ -679,7 +706,7 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
                 self._report(SecurityEventKind.CONNECT_TIMEOUT, "no CONNECT in time", now)
                 self._shutdown_transport()
             return
-        if self._paused:
+        if self._paused or self._backpressured:
             return
         if self.keep_alive and now - self.last_received > 1.5 * self.keep_alive:
             log.info("keepalive.timeout", peer=self.peer, keep_alive=self.keep_alive)

@@ -45,7 +45,8 @@ class FakeLink:
     sent: list[Packet] = field(default_factory=list)
     closes: list[int | None] = field(default_factory=list)
     keep_alive: int | None = None
-    history: list[Packet | str] = field(default_factory=list)  # sends, and "close"
+    history: list[Packet | str] = field(default_factory=list)  # sends, "close", "pause", ...
+    reading: bool = True  # False while the broker holds this publisher (backpressure)
 
     def send(self, packet: Packet) -> bool:
         if (
@@ -64,6 +65,14 @@ class FakeLink:
 
     def set_keep_alive(self, seconds: int) -> None:
         self.keep_alive = seconds
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.history.append("pause")
+
+    def resume_reading(self) -> None:
+        self.reading = True
+        self.history.append("resume")
 
     @property
     def closed(self) -> bool:
