@@ -10,6 +10,7 @@ import click
 
 from bastion import __version__
 from bastion.cli.acl import acl_group
+from bastion.cli.keys import keys_group
 from bastion.cli.passwd import passwd
 from bastion.cli.pki import pki_group
 from bastion.cli.serve import serve
@@ -27,3 +28,4 @@ main.add_command(serve)
 main.add_command(pki_group)
 main.add_command(passwd)
 main.add_command(acl_group)
+main.add_command(keys_group)

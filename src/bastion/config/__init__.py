@@ -11,6 +11,7 @@ from bastion.config.schema import (
     MqttSettings,
     SecuritySettings,
     Settings,
+    StorageSettings,
 )
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "MqttSettings",
     "SecuritySettings",
     "Settings",
+    "StorageSettings",
     "load_settings",
     "parse_listen_address",
 ]

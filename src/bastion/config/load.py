@@ -125,6 +125,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 _SECURITY_PATHS = ("password_file", "acl_file", "audit_log")
 _TLS_PATHS = ("certfile", "keyfile", "cafile", "crlfile")
+_STORAGE_PATHS = ("data_dir", "key_file")
 
 
 def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
@@ -139,6 +140,7 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
                 table[key] = str(base / value)
 
     resolve(raw.get("security"), _SECURITY_PATHS)
+    resolve(raw.get("storage"), _STORAGE_PATHS)
     listeners = raw.get("listeners")
     if isinstance(listeners, list):
         for listener in listeners:

@@ -1,10 +1,11 @@
 """The settings schema: typed, frozen, strictly validated pydantic models (the root).
 
-This module holds the root ``Settings``, listeners, TLS and logging; ``mqtt_settings.py``
-and ``security_settings.py`` hold the ``[mqtt]``, ``[security]`` and ``[limits]`` tables
-(all re-exported here). ``config/load.py`` fills them from a TOML file and command-line
-overrides; ``runtime/`` reads them to assemble the broker. Every field carries its default
-and a description, which ``scripts/gen_config_docs.py`` turns into ``docs/configuration.md``.
+This module holds the root ``Settings``, listeners, TLS and logging; ``mqtt_settings.py``,
+``security_settings.py`` and ``storage_settings.py`` hold the ``[mqtt]``, ``[security]``,
+``[limits]`` and ``[storage]`` tables (all re-exported here). ``config/load.py`` fills them
+from a TOML file and command-line overrides; ``runtime/`` reads them to assemble the
+broker. Every field carries its default and a description, which
+``scripts/gen_config_docs.py`` turns into ``docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bastion.config.security_settings import (
     SecuritySettings,
     UserSettings,
 )
+from bastion.config.storage_settings import StorageSettings
 
 __all__ = [
     "LimitsSettings",
@@ -33,6 +35,7 @@ __all__ = [
     "RateLimitSettings",
     "SecuritySettings",
     "Settings",
+    "StorageSettings",
     "TlsListenerSettings",
     "UserSettings",
 ]
@@ -200,6 +203,13 @@ class Settings(_Section):
     limits: LimitsSettings = Field(
         default_factory=LimitsSettings,
         description="Rate limits and abuse defence.",
+    )
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings,
+        description=(
+            "Persistence and encryption at rest. `bastion keys` uses `data_dir`, `key_file` "
+            "and `key_env` today; the broker reads this table once persistence is wired in."
+        ),
     )
     logging: LoggingSettings = Field(
         default_factory=LoggingSettings,

@@ -1,0 +1,112 @@
+"""The ``Store`` protocol: the one interface the broker will persist through, and its options.
+
+``sqlite.py`` implements it (``SqliteStore``, opened by ``open_store``) over ``database.py``;
+the broker imports only this module. Sealing and key rotation live behind it, not in callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from bastion.config.storage_settings import StorageSettings, SyncMode
+from bastion.storage.crypto import KeyRing, PrimaryKey
+from bastion.storage.keys import KeyProvider
+
+__all__ = ["Store", "StoreHealth", "StoreOpener", "StoreOptions", "SyncMode"]
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How a database is opened. ``sync="full"`` is the durable default (see database.py)."""
+
+    sync: SyncMode = "full"
+    busy_timeout_ms: int = 5000
+    max_size_bytes: int | None = None
+    quick_check: bool = True
+    """Run ``PRAGMA quick_check`` at open (a full scan: seconds on a multi-GB database)."""
+
+    @classmethod
+    def from_settings(cls, settings: StorageSettings) -> StoreOptions:
+        """The options a ``[storage]`` table asks for."""
+        return cls(sync=settings.sync, max_size_bytes=settings.max_db_size_mb * _MIB)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """Cheap facts about a store for ``$SYS``, metrics and ``bastion keys status``."""
+
+    path: Path
+    schema_version: int
+    database_bytes: int
+    wal_bytes: int
+    free_bytes: int
+    """Bytes of free pages inside the database file (reused before it grows)."""
+    max_bytes: int | None
+    current_key_id: str | None
+    tampered_records: int
+    """Records that failed authentication since the store was opened (each reported once)."""
+
+
+class Store(Protocol):
+    """Persistence behind one interface: what exists now is opening, sealing, key rotation
+    and health. The broker's methods (sessions, queued and in-flight messages, retained
+    messages, wills) will be declared here when the broker is wired in; until then no broker
+    table exists. A store is used by one thread at a time (the broker's storage thread).
+    """
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        ...
+
+    @property
+    def keyring(self) -> KeyRing:
+        """The unwrapped data keys; updated in place by ``refresh_keys``."""
+        ...
+
+    def refresh_keys(self) -> bool:
+        """Pick up keys rotated or retired by another process; True if anything changed."""
+        ...
+
+    def seal(self, table: str, column: str, pk: PrimaryKey, plaintext: bytes) -> tuple[str, bytes]:
+        """``(key_id, blob)`` for a column of a registered table, under the current key."""
+        ...
+
+    def open_sealed(
+        self, table: str, column: str, pk: PrimaryKey, key_id: str, blob: bytes
+    ) -> bytes | None:
+        """The plaintext, or None for a record that fails authentication (reported once)."""
+        ...
+
+    def rekey_step(self, limit: int = 100) -> int:
+        """Re-seal up to ``limit`` records still under an old data key; 0 when none is left."""
+        ...
+
+    def records_by_key(self) -> dict[str, int]:
+        """How many records each data key seals (what decides whether it can be retired)."""
+        ...
+
+    def health(self) -> StoreHealth:
+        """Sizes, schema version, current key and the count of tampered records."""
+        ...
+
+    def close(self) -> None:
+        """Persist counters and close the database; the store is unusable afterwards."""
+        ...
+
+
+class StoreOpener(Protocol):
+    """Opens (creating if allowed) the store of a data directory: ``sqlite.open_store``."""
+
+    def __call__(
+        self,
+        data_dir: Path,
+        provider: KeyProvider,
+        *,
+        options: StoreOptions = ...,
+        create: bool = True,
+    ) -> Store: ...
