@@ -228,6 +228,12 @@ class PasswordFile:
         # File order: a comment/blank line kept verbatim, or (None, username) for a user line.
         self._lines: list[tuple[str | None, str | None]] = []
         self._dummy = self._hasher.hash(_DUMMY_PASSWORD)
+        # username -> keyed fingerprint of the password that last verified. A device that
+        # reconnects with the same credentials skips the deliberately slow hash (a reconnect
+        # storm of thousands of devices would otherwise take minutes); a wrong password never
+        # matches it and always pays the full cost. The key lives only in this process.
+        self._verified: dict[str, bytes] = {}
+        self._fingerprint_key = os.urandom(32)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -298,15 +304,32 @@ class PasswordFile:
     # -- checking ----------------------------------------------------------------------
 
     def verify(self, username: str, password: bytes) -> bool:
-        """True only if ``username`` exists and ``password`` matches its hash."""
+        """True only if ``username`` exists and ``password`` matches its hash.
+
+        The credentials that verified last for a user are remembered as a keyed fingerprint
+        (HMAC-SHA256 under a per-process random key), so the same user and password verify
+        again without the slow hash; anything else pays one argon2id verification.
+        """
         entry = self._hashes.get(username)
+        fingerprint = None
+        if entry is not None:
+            fingerprint = self._fingerprint(username, password)
+            known = self._verified.get(username)
+            if known is not None and hmac.compare_digest(known, fingerprint):
+                return True
         if isinstance(entry, _Argon2Hash):
-            return self._argon2_verify(entry.encoded, password)
-        # Unknown user, a legacy or a SCRAM hash: spend one argon2id verification either way.
-        self._argon2_verify(self._dummy, password)
-        if entry is None:
-            return False
-        return entry.matches(password)
+            ok = self._argon2_verify(entry.encoded, password)
+        else:
+            # Unknown user, a legacy or a SCRAM hash: spend one argon2id verification anyway.
+            self._argon2_verify(self._dummy, password)
+            ok = entry is not None and entry.matches(password)
+        if ok and fingerprint is not None:
+            self._verified[username] = fingerprint
+        return ok
+
+    def _fingerprint(self, username: str, password: bytes) -> bytes:
+        message = username.encode("utf-8") + b"\0" + password
+        return hmac.new(self._fingerprint_key, message, hashlib.sha256).digest()
 
     def _argon2_verify(self, encoded: str, password: bytes) -> bool:
         try:
@@ -370,6 +393,7 @@ class PasswordFile:
         """
         validate_username(username)
         encoded = self._hasher.hash(password)
+        self._verified.pop(username, None)
         if username not in self._hashes:
             self._lines.append((None, username))
         self._hashes[username] = _Argon2Hash(encoded)
@@ -383,12 +407,14 @@ class PasswordFile:
         """
         validate_username(username)
         credential = scram.derive_credential(password, iterations=iterations)
+        self._verified.pop(username, None)
         if username not in self._hashes:
             self._lines.append((None, username))
         self._hashes[username] = _ScramHash(_encode_scram(credential), credential)
 
     def delete(self, username: str) -> bool:
         """Remove ``username``; False if there was no such user."""
+        self._verified.pop(username, None)
         if self._hashes.pop(username, None) is None:
             return False
         self._lines = [line for line in self._lines if line[1] != username]

@@ -335,3 +335,30 @@ def test_save_failure_is_a_config_error_and_keeps_nothing(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="cannot write password file"):
         pw.save(tmp_path / "no" / "such" / "dir" / "passwd")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_repeated_good_login_skips_the_slow_hash_and_nothing_else_does(tmp_path: Path) -> None:
+    hasher = CountingHasher()
+    pw = PasswordFile(hasher)
+    pw.set("dev", b"right")
+    legacy = PasswordFile.parse(
+        "old:$7$101$YxvlGJ7qUrdC8eWh$6N0A2vfpeUFJK0xkWgOnY50uxQoUAulFOnbMa6vHJ6AL+r8mKDNRn/"
+        "w2H3L3lZzPP5yAkiImye5qW4fl9OwShQ==\n",
+        hasher=hasher,
+    )
+    hasher.verifications = 0
+    assert pw.verify("dev", b"right")
+    assert hasher.verifications == 1
+    assert pw.verify("dev", b"right")  # remembered: no second argon2id verification
+    assert hasher.verifications == 1
+    assert not pw.verify("dev", b"wrong")  # a wrong password always pays the full cost
+    assert not pw.verify("nobody", b"right")
+    assert hasher.verifications == 3
+    pw.set("dev", b"new")  # a changed password forgets the old one at once
+    assert not pw.verify("dev", b"right")
+    assert pw.verify("dev", b"new")
+    assert pw.delete("dev")
+    assert not pw.verify("dev", b"new")
+    hasher.verifications = 0
+    assert legacy.verify("old", b"pass0") and legacy.verify("old", b"pass0")
+    assert hasher.verifications == 1  # legacy hashes too (the equaliser ran once)
