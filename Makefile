@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint demo docs bench bench-quick clean distclean
+.PHONY: help venv test lint demo docs bench bench-quick bench-profile clean distclean
 
 help:
 	@echo "make venv       create .venv and install bastion[dev] (editable)"
@@ -15,8 +15,9 @@ help:
 	@echo "make lint       ruff check, ruff format --check, mypy, lint-imports, docs check"
 	@echo "make demo       run the quick demo (python -m bastion.demo_quick)"
 	@echo "make docs       regenerate the settings tables in docs/configuration.md"
-	@echo "make bench      Bastion vs Mosquitto benchmarks (~5 min; writes benchmarks/results/)"
+	@echo "make bench      Bastion vs Mosquitto benchmarks (~15 min; writes benchmarks/results/)"
 	@echo "make bench-quick  the same, ~2 s per scenario and 1 run (a smoke run)"
+	@echo "make bench-profile  Bastion alone under cProfile (writes benchmarks/results/profiles/)"
 	@echo "make clean      remove caches and build output (distclean: also .venv)"
 
 venv: $(STAMP)
@@ -51,6 +52,9 @@ bench: venv
 
 bench-quick: venv
 	$(BIN)/python benchmarks/run.py --quick
+
+bench-profile: venv
+	$(BIN)/python benchmarks/run.py --profile --repeat 1
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

@@ -1,8 +1,11 @@
 """Lean MQTT 3.1.1 load generator: raw asyncio (uvloop when installed) clients in worker processes.
 
 Packets are pre-encoded once; received data is counted by parsing only fixed headers and
-remaining lengths (plus the packet id of QoS 1 PUBLISHes, to acknowledge them). Used by
-``benchmarks/run.py``; imports nothing from Bastion. Loopback only, every phase bounded in time.
+remaining lengths (plus the packet id of QoS 1 PUBLISHes, to acknowledge them). Clients may
+connect over TLS (``WorkerPlan.tls_ca``) and with a username and password. A worker process
+runs one *job*: the throughput ``WorkerPlan`` here, or the probes of ``probes.py``; the driver
+functions at the bottom start, release and collect them. Used by ``benchmarks/run.py``;
+imports nothing from Bastion. Loopback only, every phase bounded in time.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import resource
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 HOST: Final = "127.0.0.1"
 KEEPALIVE: Final = 300  # seconds: longer than any run, so no PINGREQ is needed
@@ -46,9 +51,19 @@ def _utf8(text: str) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
 
 
-def connect_packet(client_id: str, keepalive: int = KEEPALIVE) -> bytes:
-    """MQTT 3.1.1 CONNECT, clean session, no credentials, no will."""
-    body = _utf8("MQTT") + b"\x04\x02" + keepalive.to_bytes(2, "big") + _utf8(client_id)
+def connect_packet(
+    client_id: str,
+    keepalive: int = KEEPALIVE,
+    username: str | None = None,
+    password: str | None = None,
+) -> bytes:
+    """MQTT 3.1.1 CONNECT, clean session, no will; credentials when given."""
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = _utf8("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") + _utf8(client_id)
+    if username is not None:
+        body += _utf8(username)
+    if password is not None:
+        body += _utf8(password)
     return b"\x10" + remaining_length(len(body)) + body
 
 
@@ -78,6 +93,8 @@ class PublisherSpec:
     topic: str
     qos: int = 0
     in_flight: int = 0  # QoS 1: messages kept unacknowledged; QoS 0: flood (0)
+    username: str | None = None
+    password: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +102,22 @@ class SubscriberSpec:
     client_id: str
     topic_filter: str
     qos: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+class Job(Protocol):
+    """What a worker process runs (``WorkerPlan`` or a probe of ``probes.py``).
+
+    ``run`` sends ``("ready", clients)`` on ``conn`` once connected, waits for the driver's
+    start time, works, and returns its result (sent to the driver as ``("result", ...)``).
+    """
+
+    def deadline(self) -> float:
+        """Longest the job may take, in seconds, from the start of the worker."""
+        ...
+
+    async def run(self, conn: Connection) -> WorkerResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +130,19 @@ class WorkerPlan:
     payload_size: int
     warmup: float
     duration: float
+    tls_ca: str | None = None  # PEM CA file: connect with TLS 1.3 and verify the broker
+    connect_concurrency: int = CONNECT_CONCURRENCY  # CONNECTs awaiting their CONNACK at once
+    connect_timeout: float = CONNECT_TIMEOUT  # per connection, TCP/TLS connect and CONNACK
+
+    def deadline(self) -> float:
+        """Connecting, the barrier, warm-up, the window, a margin."""
+        clients = len(self.publishers) + len(self.subscribers)
+        rounds = clients / max(1, self.connect_concurrency) + 2
+        connecting = self.connect_timeout * rounds
+        return connecting + BARRIER_TIMEOUT + self.warmup + self.duration + 10.0
+
+    async def run(self, conn: Connection) -> WorkerResult:
+        return await _run_worker(self, conn)
 
 
 @dataclass(slots=True)
@@ -111,6 +157,8 @@ class WorkerResult:
     connected: int = 0
     lost: int = 0  # connections the broker closed before the end of the window
     errors: list[str] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)  # probes: latencies in ms
+    extra: dict[str, float] = field(default_factory=dict)  # probes: job-specific figures
 
 
 # ---------------------------------------------------------------------------------- protocol
@@ -275,19 +323,47 @@ async def flood(client: Client, batch: bytes, per_batch: int, stop_at: float) ->
 # ---------------------------------------------------------------------------------- worker
 
 
-async def _open(loop: asyncio.AbstractEventLoop, port: int, client_id: str, ack: bool) -> Client:
+def client_context(ca_file: str) -> ssl.SSLContext:
+    """TLS 1.3 only, the broker verified against ``ca_file``; no session is ever resumed
+    (no ``session=`` is passed and tickets are refused), so every connection is a full
+    handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(ca_file)
+    context.options |= ssl.OP_NO_TICKET
+    return context
+
+
+async def open_client(
+    loop: asyncio.AbstractEventLoop,
+    port: int,
+    client_id: str,
+    *,
+    ack: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    keepalive: int = KEEPALIVE,
+    timeout: float = CONNECT_TIMEOUT,
+) -> Client:
+    """Connect (TLS when ``ssl_context``), send CONNECT, wait for a successful CONNACK."""
+    server_hostname = HOST if ssl_context is not None else None
     _, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: Client(loop, ack), HOST, port), CONNECT_TIMEOUT
+        loop.create_connection(
+            lambda: Client(loop, ack), HOST, port, ssl=ssl_context, server_hostname=server_hostname
+        ),
+        timeout,
     )
     assert isinstance(proto, Client) and proto.transport is not None
-    proto.transport.write(connect_packet(client_id))
-    code = await asyncio.wait_for(proto.connack, CONNECT_TIMEOUT)
+    proto.transport.write(connect_packet(client_id, keepalive, username, password))
+    code = await asyncio.wait_for(proto.connack, timeout)
     if code != 0:
         raise ConnectionError(f"{client_id}: CONNACK return code {code}")
     return proto
 
 
-async def _recv(conn: Connection, timeout: float) -> object:
+async def recv(conn: Connection, timeout: float) -> object:
+    """The driver's next word on ``conn`` (without blocking the event loop)."""
     loop = asyncio.get_running_loop()
 
     def wait() -> object:
@@ -302,21 +378,39 @@ async def _connect_all(
     plan: WorkerPlan, result: WorkerResult
 ) -> tuple[list[Client], list[tuple[Client, PublisherSpec]]]:
     loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    gate = asyncio.Semaphore(plan.connect_concurrency)
+    context = client_context(plan.tls_ca) if plan.tls_ca else None
 
     async def sub(spec: SubscriberSpec) -> Client:
         async with gate:
-            client = await _open(loop, plan.port, spec.client_id, ack=True)
+            client = await open_client(
+                loop,
+                plan.port,
+                spec.client_id,
+                ack=True,
+                ssl_context=context,
+                username=spec.username,
+                password=spec.password,
+                timeout=plan.connect_timeout,
+            )
             assert client.transport is not None
             client.transport.write(subscribe_packet(1, spec.topic_filter, spec.qos))
-            granted = await asyncio.wait_for(client.suback, CONNECT_TIMEOUT)
+            granted = await asyncio.wait_for(client.suback, plan.connect_timeout)
             if granted not in (0, 1, 2):
                 raise ConnectionError(f"{spec.client_id}: SUBACK {granted:#x}")
             return client
 
     async def pub(spec: PublisherSpec) -> tuple[Client, PublisherSpec]:
         async with gate:
-            client = await _open(loop, plan.port, spec.client_id, ack=False)
+            client = await open_client(
+                loop,
+                plan.port,
+                spec.client_id,
+                ssl_context=context,
+                username=spec.username,
+                password=spec.password,
+                timeout=plan.connect_timeout,
+            )
             assert client.transport is not None
             sock = client.transport.get_extra_info("socket")
             if sock is not None:
@@ -333,7 +427,7 @@ async def _run_worker(plan: WorkerPlan, conn: Connection) -> WorkerResult:
     result = WorkerResult(pid=os.getpid())
     subs, pubs = await _connect_all(plan, result)
     conn.send(("ready", result.connected))
-    go = await _recv(conn, BARRIER_TIMEOUT)
+    go = await recv(conn, BARRIER_TIMEOUT)
     assert isinstance(go, float)  # monotonic time at which publishing starts
     t0_at, t1_at = go + plan.warmup, go + plan.warmup + plan.duration
     payload = bytes(plan.payload_size)
@@ -383,10 +477,10 @@ async def _run_worker(plan: WorkerPlan, conn: Connection) -> WorkerResult:
     return result
 
 
-def _worker_main(plan: WorkerPlan, conn: Connection) -> None:
+def _worker_main(job: Job, conn: Connection) -> None:
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            result = runner.run(asyncio.wait_for(_run_worker(plan, conn), plan_deadline(plan)))
+            result = runner.run(asyncio.wait_for(job.run(conn), job.deadline()))
     except Exception as exc:  # reported to the driver, which fails the run
         result = WorkerResult(pid=os.getpid(), errors=[f"{type(exc).__name__}: {exc}"])
     conn.send(("result", result))
@@ -403,9 +497,14 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def plan_deadline(plan: WorkerPlan) -> float:
-    """Longest a worker may live: connecting, the barrier, warm-up, the window, a margin."""
-    return CONNECT_TIMEOUT * 3 + BARRIER_TIMEOUT + plan.warmup + plan.duration + 10.0
+def raise_nofile() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -419,13 +518,14 @@ class Workers:
     pipes: list[Connection]
 
 
-def start_workers(plans: Sequence[WorkerPlan]) -> Workers:
+def start_workers(jobs: Sequence[Job]) -> Workers:
+    """One forked worker process per job."""
     ctx = mp.get_context("fork")
     procs: list[mp.process.BaseProcess] = []
     pipes: list[Connection] = []
-    for plan in plans:
+    for job in jobs:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, args=(plan, child), daemon=True)
+        proc = ctx.Process(target=_worker_main, args=(job, child), daemon=True)
         proc.start()
         child.close()
         procs.append(proc)
@@ -433,21 +533,30 @@ def start_workers(plans: Sequence[WorkerPlan]) -> Workers:
     return Workers(procs, pipes)
 
 
-def wait_ready(workers: Workers, timeout: float) -> int:
-    """Wait until every worker has connected and subscribed; returns the client count."""
+def replies(workers: Workers, expected: str, timeout: float) -> list[object]:
+    """One ``(expected, value)`` message from every worker, in order; returns the values.
+
+    A worker that failed sends its result instead, whose errors are raised here."""
     deadline = time.monotonic() + timeout
-    total = 0
+    values: list[object] = []
     for pipe in workers.pipes:
         if not pipe.poll(max(0.0, deadline - time.monotonic())):
-            raise TimeoutError("a load generator worker did not get ready in time")
+            raise TimeoutError(f"a load generator worker did not send {expected!r} in time")
         kind, value = pipe.recv()
-        if kind != "ready":
-            raise RuntimeError(f"load generator worker failed: {value.errors}")
-        total += int(value)
-    return total
+        if kind != expected:
+            detail = value.errors if isinstance(value, WorkerResult) else value
+            raise RuntimeError(f"load generator worker failed: {detail}")
+        values.append(value)
+    return values
 
 
-def release(workers: Workers, go: float) -> None:
+def wait_ready(workers: Workers, timeout: float) -> int:
+    """Wait until every worker has connected and subscribed; returns the client count."""
+    return sum(int(cast(int, v)) for v in replies(workers, "ready", timeout))
+
+
+def release(workers: Workers, go: object) -> None:
+    """Send ``go`` (the start time, or another word of the driver) to every worker."""
     for pipe in workers.pipes:
         pipe.send(go)
 
