@@ -36,8 +36,9 @@ RELAXED_NOTE: Final = (
     "per-client publish budget and per-IP connection limits raised to effectively unlimited "
     "([limits] in the generated TOML) so its rate limiter does not cap the benchmark; "
     "Mosquitto has no such limits. Both: max_inflight_messages 32, max_queued_messages 1000, "
-    "max_queued_bytes 16 MiB, max_packet_size 1 MiB, no persistence. Mosquitto keeps its "
-    "default set_tcp_nodelay false (Nagle on); Bastion's transports set TCP_NODELAY. For ms, "
+    "max_queued_bytes 16 MiB, max_packet_size 1 MiB, no persistence (Bastion: [storage] "
+    "enabled = false). Mosquitto keeps its default set_tcp_nodelay false (Nagle on); "
+    "Bastion's transports set TCP_NODELAY. For ms, "
     "s and KiB rows lower is better."
 )
 
@@ -61,6 +62,9 @@ flap_connects_per_ip = 1000000
 """
 
 BASTION_LOGGING: Final = """\
+[storage]
+enabled = false
+
 [logging]
 level = "warning"
 format = "json"

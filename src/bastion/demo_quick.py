@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             "[[listeners]]\n"
             f'host = "127.0.0.1"\nport = {port}\n\n'
             "[security]\nallow_anonymous = true  # development only\n\n"
-            "[mqtt]\nsys_interval = 5.0\n"
+            "[mqtt]\nsys_interval = 5.0\n\n"
+            '[storage]\ndata_dir = "state"  # encrypted, next to this temporary config\n'
         )
         cmd = [sys.executable, "-m", "bastion", "serve", "-c", str(config)]
         print(f"demo: starting broker: {' '.join(cmd)}", flush=True)

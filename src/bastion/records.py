@@ -15,7 +15,7 @@ from typing import TypeVar, dataclass_transform
 _T = TypeVar("_T")
 
 
-@dataclass_transform(frozen_default=True, eq_default=True)
+@dataclass_transform(frozen_default=True, eq_default=True, field_specifiers=(dataclasses.field,))
 def record(cls: type[_T]) -> type[_T]:
     """Make ``cls`` an immutable-by-contract slots dataclass (hashable, comparable)."""
     return dataclasses.dataclass(slots=True, unsafe_hash=True)(cls)

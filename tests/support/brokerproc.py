@@ -195,9 +195,15 @@ def bastion_cli() -> list[str]:
 
 
 def _bastion_command(
-    port: int, tls_port: int | None, setup: BrokerSetup, config: Path | None
+    port: int,
+    tls_port: int | None,
+    setup: BrokerSetup,
+    config: Path | None,
+    data_dir: Path | None = None,
 ) -> list[str]:
     cmd = [*bastion_cli(), "serve"]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
     tls = setup.tls
     if tls is None or tls.min_version is None:  # otherwise the listeners are in the TOML file
         cmd += ["--listen", f"{HOST}:{port}"]
@@ -299,12 +305,14 @@ def start_broker(
     mosquitto_conf: str = "",
     name: str = "broker",
     setup: BrokerSetup = DEV_SETUP,
+    data_dir: Path | None = None,
 ) -> Broker:
     """Start the broker under test on fresh ports and wait until it accepts TCP connections.
 
     ``bastion_toml`` is written to a ``-c`` config file for Bastion; ``mosquitto_conf`` is
     appended to the generated mosquitto.conf. ``setup`` adds credentials, ACL and a TLS
-    listener. Retries a few times if a port was taken.
+    listener. Bastion keeps its state in ``data_dir`` (default: a fresh directory under
+    ``workdir``, unless the TOML has a ``[storage]`` table). Retries if a port was taken.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     last_error: BrokerStartError | None = None
@@ -328,7 +336,10 @@ def start_broker(
             if toml.strip():
                 config = workdir / f"{stem}.toml"
                 config.write_text(toml)
-            cmd = _bastion_command(port, tls_port, setup, config)
+            state = data_dir
+            if state is None and "[storage]" not in toml:
+                state = workdir / f"{stem}-state"
+            cmd = _bastion_command(port, tls_port, setup, config, state)
         try:
             return _launch(
                 cmd,

@@ -24,6 +24,7 @@ from bastion.broker.admission import (
 )
 from bastion.broker.delivery import Router
 from bastion.broker.inbound import InboundPublishes
+from bastion.broker.journal import Journal, MemoryJournal, arm, durable, subscription_record
 from bastion.broker.links import ClientLink
 from bastion.broker.messages import Message, message_from_will
 from bastion.broker.retained import RetainedStore
@@ -79,9 +80,11 @@ class Broker:
         *,
         version: str = __version__,
         on_security_event: SecurityEventSink | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
+        self.journal = journal if journal is not None else MemoryJournal()
         self.on_security_event = on_security_event  # the audit sink; may be set later
         self.stats = BrokerStats()
         self.security = SecurityLog(self.stats, lambda: self.on_security_event)
@@ -98,6 +101,7 @@ class Broker:
             security=self.security,
             max_delivery_attempts=settings.max_delivery_attempts,
             max_publisher_hold=settings.max_publisher_hold,
+            journal=self.journal,
         )
         self.inbound = InboundPublishes(
             settings, policy, self.router, self.sessions, security=self.security, close=self._close
@@ -145,6 +149,7 @@ class Broker:
         state.identity = result.identity
         state.expiry_interval = result.session_expiry
         state.expires_at = None
+        arm(self.journal, state)
         connection = Session(
             link,
             state,
@@ -159,7 +164,7 @@ class Broker:
         connection.auth_method = result.auth_method
         state.connection = connection
         self.stats.client_connected()
-        self._refresh_counts()
+        self.refresh_counts()
         props = NO_PROPERTIES
         if packet.protocol_version >= _V5:
             props = connack_properties(result, packet, self.settings)
@@ -189,6 +194,7 @@ class Broker:
             if entry.subscription.qos > max_qos:
                 capped = replace(entry.subscription, qos=max_qos)
                 self.subscriptions.add(replace(entry, subscription=capped))
+                self._journal_subscription(client_id, capped, entry.identifier)
 
     def _new_client_id(self) -> str:
         while True:
@@ -249,7 +255,10 @@ class Broker:
             self._end_session(state, now)
             state = None
         if state is not None:
-            self.wills.cancel(client_id)  # back before the will delay ran out (§3.1.3.2.2)
+            if self.wills.cancel(client_id):  # back before the will delay ran out (§3.1.3.2.2)
+                journal = durable(state)
+                if journal is not None:
+                    journal.will_gone(client_id)
             return state, True
         settings = self.settings
         state = SessionState(
@@ -295,20 +304,31 @@ class Broker:
                 delay = will.properties.will_delay_interval or 0
             if delay > 0 and state.expiry_interval > 0:
                 self.wills.schedule(state.client_id, will, now + delay)
+                journal = durable(state)
+                if journal is not None:
+                    journal.will(state.client_id, will, now + delay)
             else:
                 self._publish_will(state.client_id, will, now)
         if state.expiry_interval == 0:
             self._end_session(state, now)
         else:
             self.sessions.go_offline(state, now)
+            journal = durable(state)
+            if journal is not None:
+                username = state.identity.username
+                journal.session(state.client_id, state.expiry_interval, username, journal.wall(now))
             self.router.redistribute(state, now, ending=False)
 
     def _end_session(self, state: SessionState, now: float) -> None:
         """Discard an offline session; a delayed will still pending is published now."""
+        journal = durable(state)
+        if journal is not None:
+            journal.session_gone(state.client_id)  # its subscriptions, outbox, will too
+            state.outbox.journal = None
         self.sessions.remove(state)
         self.subscriptions.remove_client(state.client_id)
         self.security.end_session(state.client_id)
-        self._refresh_counts()
+        self.refresh_counts()
         self.router.redistribute(state, now, ending=True)
         will = self.wills.take(state.client_id)
         if will is not None:
@@ -316,9 +336,10 @@ class Broker:
 
     def _publish_will(self, client_id: str, will: Will, now: float) -> None:
         log.debug("will.published", client_id=client_id, topic=will.topic)
-        self.router.publish(message_from_will(will, client_id, now), now)
+        router = self.router
+        router.publish(message_from_will(will, client_id, now, router.next_ident()), now)
 
-    def _refresh_counts(self) -> None:
+    def refresh_counts(self) -> None:
         self.stats.clients_total = len(self.sessions)
         self.stats.subscriptions_count = len(self.subscriptions)
 
@@ -401,7 +422,7 @@ class Broker:
             codes.append(code)
             if send_retained:
                 retained.append((sub.topic_filter, code))
-        self._refresh_counts()
+        self.refresh_counts()
         self.router.send(session, Suback(packet.packet_id, tuple(codes)))
         for topic_filter, qos in retained:
             self.router.send_retained(session, topic_filter, qos, identifier, now)
@@ -425,8 +446,23 @@ class Broker:
         granted = min(sub.qos, session.max_qos)
         entry = SubscriptionEntry(session.client_id, replace(sub, qos=granted), identifier)
         is_new = self.subscriptions.add(entry)
+        self._journal_subscription(session.client_id, entry.subscription, identifier)
         handling = sub.retain_handling
         return granted, share is None and (handling == 0 or (handling == 1 and is_new))
+
+    def _journal_subscription(
+        self, client_id: str, sub: Subscription, identifier: int | None
+    ) -> None:
+        state = self.sessions.get(client_id)
+        journal = None if state is None else durable(state)
+        if journal is not None:
+            journal.subscription(subscription_record(client_id, sub, identifier))
+
+    def _journal_unsubscribe(self, client_id: str, topic_filter: str) -> None:
+        state = self.sessions.get(client_id)
+        journal = None if state is None else durable(state)
+        if journal is not None:
+            journal.unsubscribed(client_id, topic_filter)
 
     def _subscription_refusal(
         self, session: Session, share: str | None, topic_filter: str
@@ -472,8 +508,10 @@ class Broker:
                 codes.append(exc.reason)
                 continue
             removed = self.subscriptions.remove(session.client_id, topic_filter)
+            if removed:
+                self._journal_unsubscribe(session.client_id, topic_filter)
             codes.append(ReasonCode.SUCCESS if removed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        self._refresh_counts()
+        self.refresh_counts()
         v5 = session.protocol_version >= _V5
         self.router.send(session, Unsuback(packet.packet_id, tuple(codes) if v5 else ()))
 
@@ -502,6 +540,10 @@ class Broker:
         Returns the next deadline.
         """
         for client_id, will in self.wills.pop_due(now):
+            state = self.sessions.get(client_id)
+            journal = None if state is None else durable(state)
+            if journal is not None:
+                journal.will_gone(client_id)
             self._publish_will(client_id, will, now)
         for state in self.sessions.pop_expired(now):
             log.info("session.expired", client_id=state.client_id)
@@ -526,9 +568,9 @@ class Broker:
         return min(deadlines, default=None)
 
     def _publish_sys(self, now: float) -> None:
-        self._refresh_counts()
+        self.refresh_counts()
         for topic, value in self.sys_topics.collect(now):
-            self.router.publish(Message(topic, value.encode(), 0, True), now)
+            self.router.publish(Message(topic, value.encode(), 0, True), now)  # not stored
 
     def recheck_subscriptions(self, now: float) -> int:
         """After an ACL reload: drop every subscription the policy no longer allows.
@@ -544,33 +586,44 @@ class Broker:
                 if self.policy.may_subscribe(state.identity, topic_filter):
                     continue
                 self.subscriptions.remove(state.client_id, full)
+                self._journal_unsubscribe(state.client_id, full)
                 removed += 1
                 log.info("subscription.revoked", client_id=state.client_id, topic_filter=full)
         if removed:
-            self._refresh_counts()
+            self.refresh_counts()
         return removed
 
     def shutdown(self, now: float) -> None:
-        """Server shutdown: every session ends, so every will goes out, then links close."""
+        """Server shutdown: connected clients' wills go out and links close. Without
+        persistence every session ends (delayed wills go out too); with it, durable sessions
+        and delayed wills stay in the store for the next start."""
         if self._stopped:
             return
         self._stopped = True
+        keep = self.journal.enabled
         connections = [s.connection for s in self.sessions if s.connection is not None]
         for connection in connections:
             will, connection.will = connection.will, None
             if will is not None:
                 self._publish_will(connection.client_id, will, now)
-        for client_id, will in self.wills.take_all():
-            self._publish_will(client_id, will, now)
+        if not keep:
+            for client_id, will in self.wills.take_all():
+                self._publish_will(client_id, will, now)
         for connection in connections:
             connection.open = False
-            connection.state.connection = None
+            state = connection.state
+            state.connection = None
             connection.link.close(ReasonCode.SERVER_SHUTTING_DOWN)
-        for state in self.sessions:
-            self.sessions.remove(state)
-            self.subscriptions.remove_client(state.client_id)
+            journal = durable(state)
+            if journal is not None:
+                username = state.identity.username
+                journal.session(state.client_id, state.expiry_interval, username, journal.wall(now))
+        if not keep:
+            for state in self.sessions:
+                self.sessions.remove(state)
+                self.subscriptions.remove_client(state.client_id)
         self.stats.clients_connected = 0
-        self._refresh_counts()
+        self.refresh_counts()
         log.info("broker.shutdown", closed=len(connections))
 
 

@@ -10,15 +10,17 @@ resent forever). Bounds that are hit are counted and reported through ``Security
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import structlog
 
 from bastion.broker.backpressure import Backpressure, high_water, low_water
+from bastion.broker.journal import Journal, MemoryJournal
 from bastion.broker.messages import Delivery, Message, outgoing_publish, publish_packet
 from bastion.broker.retained import RetainedStore
 from bastion.broker.securitylog import SecurityLog
-from bastion.broker.sessions import Inflight, Session, SessionRegistry, SessionState
+from bastion.broker.sessions import Inflight, Outbox, Session, SessionRegistry, SessionState
 from bastion.broker.stats import BrokerStats, Defence
 from bastion.broker.subscriptions import (
     RouteTarget,
@@ -56,6 +58,7 @@ class Router:
         security: SecurityLog,
         max_delivery_attempts: int = 0,
         max_publisher_hold: float = 0.0,
+        journal: Journal | None = None,
     ) -> None:
         self.policy = policy
         self.sessions = sessions
@@ -65,6 +68,8 @@ class Router:
         self.security = security
         self.max_attempts = max_delivery_attempts  # 0: no bound
         self.backpressure = Backpressure(max_publisher_hold)
+        self.journal = journal if journal is not None else MemoryJournal()
+        self.next_ident = itertools.count(1).__next__  # ids of routed messages (persistence)
         # Online sessions whose queue passed its high-water mark while the current message
         # was routed: the caller holds that message's publisher (``InboundPublishes``).
         self.congested: list[SessionState] = []
@@ -99,10 +104,16 @@ class Router:
         return count
 
     def _retain(self, message: Message) -> None:
+        journal = self.journal
+        keep = journal.enabled and not message.topic.startswith("$")  # $SYS is rebuilt
         if message.payload:
             self.retained.set(message.topic, message)
+            if keep:
+                journal.retained(message)
         else:
             self.retained.delete(message.topic)
+            if keep:
+                journal.retained_gone(message.topic)
         self.stats.retained_count = len(self.retained)
 
     def _deliver_direct(
@@ -275,8 +286,23 @@ class Router:
         outbox = connection.state.outbox
         item = outbox.start(delivery, delivery.attempts + 1)
         packet = outgoing_publish(delivery, item.packet_id, connection.protocol_version, now)
+        journal = outbox.journal
+        if journal is not None and delivery.qos == 2:
+            # Exactly once across a crash: the packet id this copy goes out under must be
+            # durable first, or a restarted broker could resend it under another id.
+            def send_when_durable(ok: bool) -> None:
+                if ok and outbox.inflight.get(item.packet_id) is item:
+                    self._send_started(connection, outbox, item.packet_id, packet)
+
+            journal.after_commit(send_when_durable)
+            return
+        self._send_started(connection, outbox, item.packet_id, packet)
+
+    def _send_started(
+        self, connection: Session, outbox: Outbox, packet_id: int, packet: Publish
+    ) -> None:
         if not self.send(connection, packet):
-            outbox.finish(item.packet_id)  # as if delivered (§3.1.2.11.4)
+            outbox.finish(packet_id)  # as if delivered (§3.1.2.11.4)
 
     def pump(self, state: SessionState, now: float) -> None:
         """Move queued messages into the inflight window while it has room."""
@@ -309,6 +335,7 @@ class Router:
                 exhausted.append(item)
                 continue
             item.attempts += 1
+            outbox.touch(item)
             if item.released:
                 self.send(connection, Pubrel(item.packet_id))
                 continue
@@ -365,7 +392,17 @@ class Router:
             return
         item.released = True
         item.attempts = 1  # from now on the flow waits on the PUBREL
-        self.send(connection, Pubrel(packet_id))
+        outbox.touch(item)
+        journal = outbox.journal
+        if journal is None:
+            self.send(connection, Pubrel(packet_id))
+            return
+
+        def release_when_durable(ok: bool) -> None:  # a resend must be PUBREL, not PUBLISH
+            if ok:
+                self.send(connection, Pubrel(packet_id))
+
+        journal.after_commit(release_when_durable)
 
     def on_pubcomp(self, connection: Session, packet_id: int, now: float) -> None:
         """PUBCOMP ends a QoS 2 flow that was released; anything else is ignored."""

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import structlog
 
 from bastion.broker.delivery import Router
+from bastion.broker.journal import durable
 from bastion.broker.messages import is_broker_topic, message_from_publish
 from bastion.broker.securitylog import DEFENCE_OF_RULE, SecurityLog
 from bastion.broker.sessions import Session, SessionRegistry, SessionState
@@ -28,6 +29,7 @@ from bastion.broker.stats import Defence
 from bastion.config.schema import MqttSettings
 from bastion.mqtt.packets import (
     NO_PROPERTIES,
+    Packet,
     Properties,
     ProtocolVersion,
     Puback,
@@ -213,9 +215,12 @@ class InboundPublishes:
             session.identity, packet.topic
         )
         matched = 0
+        router = self.router
+        journal = router.journal
+        mark = journal.changes()
         if allowed:
-            router = self.router
-            matched = router.publish(message_from_publish(packet, state.client_id, now), now)
+            message = message_from_publish(packet, state.client_id, now, router.next_ident())
+            matched = router.publish(message, now)
             if router.congested:  # some subscriber's queue is filling: slow this sender down
                 router.backpressure.hold(session, router.congested, now)
                 router.congested.clear()
@@ -231,20 +236,51 @@ class InboundPublishes:
                 props = problem_properties(session, _NOT_AUTHORIZED_TEXT)
             elif not matched:
                 code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+        ack: Puback | Pubrec
         if packet.qos == 1:
-            self.router.send(session, Puback(packet_id, code, props))
+            ack = Puback(packet_id, code, props)
+        else:
+            if code < ReasonCode.UNSPECIFIED_ERROR:
+                self.releases.received(state, packet_id, now)
+                owner = durable(state)
+                if owner is not None:
+                    owner.inbound(state.client_id, packet_id)
+            ack = Pubrec(packet_id, code, props)
+        self._acknowledge(session, ack, journal.changes() != mark)
+
+    def _acknowledge(self, session: Session, ack: Packet, wrote: bool) -> None:
+        """Send ``ack`` once what it promises is durable (at once if nothing was written).
+
+        Acknowledgements keep their order per connection: one waiting for a commit makes
+        the next ones wait too.
+        """
+        journal = self.router.journal
+        if not journal.enabled or (not wrote and not session.deferred):
+            self.router.send(session, ack)
             return
-        if code < ReasonCode.UNSPECIFIED_ERROR:
-            self.releases.received(state, packet_id, now)
-        self.router.send(session, Pubrec(packet_id, code, props))
+        session.deferred += 1
+
+        def send(ok: bool) -> None:
+            session.deferred -= 1
+            if ok:
+                self.router.send(session, ack)
+            elif session.open:  # not durable: no promise; the client sends it again later
+                self._close(session, ReasonCode.UNSPECIFIED_ERROR)
+
+        journal.after_commit(send)
 
     def on_pubrel(self, session: Session, packet: Pubrel) -> None:
         """PUBREL completes an inbound QoS 2 flow: answer PUBCOMP (0x92 for unknown ids)."""
         code = ReasonCode.SUCCESS
-        known = session.state.inbound_qos2.pop(packet.packet_id, None) is not None
+        state = session.state
+        known = state.inbound_qos2.pop(packet.packet_id, None) is not None
         if not known and session.protocol_version >= _V5:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-        self.router.send(session, Pubcomp(packet.packet_id, code))
+        owner = durable(state) if known else None
+        if owner is not None:
+            owner.inbound(state.client_id, packet.packet_id, done=True)
+        # After PUBCOMP the client may reuse the id: its removal must be durable first.
+        self._acknowledge(session, Pubcomp(packet.packet_id, code), owner is not None)
 
     def expire(self, now: float) -> None:
         """Forget QoS 2 ids that waited ``awaiting_rel_timeout`` for their PUBREL."""

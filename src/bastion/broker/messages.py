@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import field, replace
 from typing import TYPE_CHECKING
 
 from bastion.mqtt.packets import NO_PROPERTIES, Properties, Publish, Will
@@ -43,6 +43,7 @@ class Message:
     properties: Properties = NO_PROPERTIES
     expires_at: float | None = None
     origin: str | None = None
+    ident: int = field(default=0, compare=False)  # the id persistence stores it under
 
     @property
     def size(self) -> int:
@@ -72,8 +73,8 @@ def _deadline(properties: Properties, now: float) -> float | None:
     return None if interval is None else now + interval
 
 
-def message_from_publish(packet: Publish, origin: str, now: float) -> Message:
-    """The message a client's PUBLISH carries, received at ``now``."""
+def message_from_publish(packet: Publish, origin: str, now: float, ident: int = 0) -> Message:
+    """The message a client's PUBLISH carries, received at ``now`` (``ident``: its id)."""
     props = packet.properties
     return Message(
         packet.topic,
@@ -83,10 +84,11 @@ def message_from_publish(packet: Publish, origin: str, now: float) -> Message:
         _hop_free(props),
         _deadline(props, now),
         origin,
+        ident,
     )
 
 
-def message_from_will(will: Will, origin: str, now: float) -> Message:
+def message_from_will(will: Will, origin: str, now: float, ident: int = 0) -> Message:
     """The message a Will turns into when it is published at ``now``.
 
     Will properties that are not message properties (the Will Delay Interval) are dropped.
@@ -102,6 +104,7 @@ def message_from_will(will: Will, origin: str, now: float) -> Message:
         _hop_free(props),
         _deadline(props, now),
         origin,
+        ident,
     )
 
 

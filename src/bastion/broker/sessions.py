@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
+from bastion.broker.journal import Journal
 from bastion.broker.links import ClientLink
 from bastion.broker.messages import Delivery
 from bastion.mqtt.packets import Will
@@ -59,8 +60,10 @@ class Outbox:
         "_next_purge",
         "inflight",
         "inflight_bytes",
+        "journal",
         "lagging_until",
         "overflowing",
+        "owner",
         "queue",
         "queued_bytes",
     )
@@ -85,6 +88,9 @@ class Outbox:
         self._max_inflight_bytes = max_inflight_bytes
         self._next_id = 1
         self._next_purge = float("-inf")
+        # Set while the session is durable and persistence is on: every change is journaled.
+        self.journal: Journal | None = None
+        self.owner = ""  # the session's client id, for the journal
 
     def has_room(self, window: int) -> bool:
         """True if one more message may start its flow within ``window`` and the byte bound."""
@@ -101,13 +107,28 @@ class Outbox:
         item = Inflight(packet_id, delivery, attempts=attempts)
         self.inflight[packet_id] = item
         self.inflight_bytes += delivery.message.size
+        if self.journal is not None:
+            self.journal.copy(self.owner, delivery, attempts=attempts, packet_id=packet_id)
         return item
+
+    def touch(self, item: Inflight) -> None:
+        """Journal a change of ``item``'s stage or transmission count."""
+        if self.journal is not None:
+            self.journal.copy(
+                self.owner,
+                item.delivery,
+                attempts=item.attempts,
+                packet_id=item.packet_id,
+                released=item.released,
+            )
 
     def finish(self, packet_id: int) -> Inflight | None:
         """Forget the inflight message ``packet_id`` (its flow is over)."""
         item = self.inflight.pop(packet_id, None)
         if item is not None:
             self.inflight_bytes -= item.delivery.message.size
+            if self.journal is not None:
+                self.journal.copy_done(self.owner, item.delivery)
         return item
 
     def queue_fraction(self) -> float:
@@ -127,12 +148,16 @@ class Outbox:
             queue = self.queue = deque()
         queue.append(delivery)
         self.queued_bytes += size
+        if self.journal is not None:
+            self.journal.copy(self.owner, delivery)
         return True
 
     def dequeue(self) -> Delivery:
         """Take the oldest queued copy (the queue must not be empty)."""
         delivery = self.queue.popleft()
         self.queued_bytes -= delivery.message.size
+        if self.journal is not None:
+            self.journal.copy_done(self.owner, delivery)
         return delivery
 
     def _set_queue(self, queue: deque[Delivery]) -> None:
@@ -161,7 +186,13 @@ class Outbox:
             if move(replace(item.delivery, attempts=item.attempts)):
                 self.finish(packet_id)
         if any(d.group is not None for d in self.queue):
-            self._set_queue(deque(d for d in self.queue if d.group is None or not move(d)))
+            kept: deque[Delivery] = deque()
+            for delivery in self.queue:
+                if delivery.group is None or not move(delivery):
+                    kept.append(delivery)
+                elif self.journal is not None:
+                    self.journal.copy_done(self.owner, delivery)
+            self._set_queue(kept)
 
     def __len__(self) -> int:
         return len(self.inflight) + len(self.queue)
@@ -217,6 +248,7 @@ class Session:
     __slots__ = (
         "auth_method",
         "connect_expiry_interval",
+        "deferred",
         "identity",
         "keep_alive",
         "link",
@@ -252,6 +284,7 @@ class Session:
         self.connect_expiry_interval = state.expiry_interval
         self.open = True
         self.auth_method: str | None = None  # MQTT 5 enhanced authentication used at CONNECT
+        self.deferred = 0  # acknowledgements to this client waiting for a commit
 
     @property
     def client_id(self) -> str:

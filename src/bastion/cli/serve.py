@@ -14,6 +14,7 @@ import click
 from bastion.config import load_settings, parse_listen_address
 from bastion.errors import ConfigError
 from bastion.ops.logging import LEVELS, configure_logging
+from bastion.storage.errors import StorageError
 
 __all__ = ["serve"]
 
@@ -88,6 +89,8 @@ def _overrides(
     listen: tuple[tuple[str, int], ...],
     tls: _TlsOptions,
     security: dict[str, object],
+    storage: dict[str, object],
+    no_persistence: bool,
     log_level: str | None,
     log_format: str | None,
 ) -> dict[str, object]:
@@ -99,6 +102,11 @@ def _overrides(
     for key, value in security.items():
         if value is not None and value is not False:
             overrides[f"security.{key}"] = value
+    for key, value in storage.items():
+        if value is not None:
+            overrides[f"storage.{key}"] = value
+    if no_persistence:
+        overrides["storage.enabled"] = False
     if log_level is not None:
         overrides["logging.level"] = log_level
     if log_format is not None:
@@ -106,7 +114,7 @@ def _overrides(
     return overrides
 
 
-def _config_error(ctx: click.Context, error: ConfigError) -> None:
+def _config_error(ctx: click.Context, error: ConfigError | StorageError) -> None:
     for line in str(error).splitlines() or [""]:
         click.echo(f"bastion: error: {line}", err=True)
     ctx.exit(EXIT_CONFIG_ERROR)
@@ -166,6 +174,23 @@ def _config_error(ctx: click.Context, error: ConfigError) -> None:
     help="Let clients connect without credentials (development only).",
 )
 @click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the encrypted state database [default: $BASTION_DATA_DIR, else "
+    "./bastion-state].",
+)
+@click.option(
+    "--key-file",
+    type=_FILE,
+    help="Master key file for the state database (bastion keys init) [default: "
+    "$BASTION_MASTER_KEY, else DATA_DIR/master.key, created on first start].",
+)
+@click.option(
+    "--no-persistence",
+    is_flag=True,
+    help="Keep sessions, queued and retained messages in memory only (lost on restart).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(list(LEVELS), case_sensitive=False),
     help="Lowest log level written [default: from the config file, else info].",
@@ -192,6 +217,9 @@ def serve(
     password_file: Path | None,
     acl_file: Path | None,
     allow_anonymous: bool,
+    data_dir: Path | None,
+    key_file: Path | None,
+    no_persistence: bool,
     log_level: str | None,
     log_format: str | None,
 ) -> None:
@@ -215,11 +243,17 @@ def serve(
         "password_file": str(password_file) if password_file else None,
         "acl_file": str(acl_file) if acl_file else None,
     }
+    storage: dict[str, object] = {
+        "data_dir": str(data_dir) if data_dir else None,
+        "key_file": str(key_file) if key_file else None,
+    }
     overrides = _overrides(
         ctx,
         listen=listen,
         tls=tls,
         security=security,
+        storage=storage,
+        no_persistence=no_persistence,
         log_level=log_level,
         log_format=log_format,
     )
@@ -244,7 +278,7 @@ def serve(
 
     try:
         code = run(settings)
-    except ConfigError as error:
+    except (ConfigError, StorageError) as error:
         _config_error(ctx, error)
         return
     ctx.exit(code)

@@ -1,11 +1,13 @@
-"""The ``Store`` protocol: the one interface the broker will persist through, and its options.
+"""The ``Store`` protocol: the one interface the broker persists through, and its options.
 
 ``sqlite.py`` implements it (``SqliteStore``, opened by ``open_store``) over ``database.py``;
-the broker imports only this module. Sealing and key rotation live behind it, not in callers.
+the broker imports only this module and ``records.py`` (what it persists). Sealing and key
+rotation live behind it, not in callers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -13,6 +15,7 @@ from typing import Protocol
 from bastion.config.storage_settings import StorageSettings, SyncMode
 from bastion.storage.crypto import KeyRing, PrimaryKey
 from bastion.storage.keys import KeyProvider
+from bastion.storage.records import Op, StoredState
 
 __all__ = ["Store", "StoreHealth", "StoreOpener", "StoreOptions", "SyncMode"]
 
@@ -52,11 +55,38 @@ class StoreHealth:
 
 
 class Store(Protocol):
-    """Persistence behind one interface: what exists now is opening, sealing, key rotation
-    and health. The broker's methods (sessions, queued and in-flight messages, retained
-    messages, wills) will be declared here when the broker is wired in; until then no broker
-    table exists. A store is used by one thread at a time (the broker's storage thread).
+    """Persistence behind one interface: the broker's state (``apply``, ``load``, ``purge``,
+    ``stats``; records in ``records.py``), sealing, key rotation and health. A store is used
+    by one thread at a time (the broker's storage thread). Failures raise ``StorageError``
+    subclasses (``errors.py``): ``StorageFullError`` (reason 0x97), ``StorageReadOnlyError``,
+    ``StorageIOError``, ``StorageBusyError`` ...
     """
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        """Apply ``ops`` in order in one durable transaction; on error nothing is applied.
+
+        Payloads, property blocks and usernames are sealed. Meant for group commit: one call
+        per batch of up to a few thousand ops.
+        """
+        ...
+
+    def load(self) -> StoredState:
+        """Everything stored, for ``Broker.restore``: tampered records are left out (with
+        what depends on them) and counted in ``skipped``; never raises for bad records."""
+        ...
+
+    def purge(self, now_wall: float, *, limit: int) -> int:
+        """Delete up to ``limit`` messages that are expired (``now_wall``: ``time.time()``)
+        or that no outbox copy or retained topic refers to; returns how many went.
+
+        Expired messages go with their queued (not in-flight) outbox copies and retained
+        topics. Expired sessions are not purged here: the broker sends ``delete_session``.
+        """
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Rows per broker table, for ``$SYS`` and metrics (counts: not free on big tables)."""
+        ...
 
     @property
     def path(self) -> Path:

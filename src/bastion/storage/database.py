@@ -29,6 +29,7 @@ from bastion.storage.errors import (
     sqlite_errors,
     translate_sqlite_error,
 )
+from bastion.storage.schema import BROKER_SCHEMA
 
 __all__ = [
     "APPLICATION_ID",
@@ -91,11 +92,12 @@ _BASE_SCHEMA: tuple[MigrationStep, ...] = (
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "metadata, data keys and the encrypted-table registry", _BASE_SCHEMA),
+    Migration(2, "broker state: sessions, messages, outboxes, retained, wills", BROKER_SCHEMA),
 )
 """Every schema version this build knows, in order (the one list all processes use).
 
-The broker's tables will be appended as versions 2, 3 ...; a table with sealed columns is
-registered by a ``registry.registration`` step in the migration that creates it.
+Later versions are appended as 3, 4 ...; a table with sealed columns is registered by a
+``registry.registration`` step in the migration that creates it (``schema.py``).
 """
 
 

@@ -11,12 +11,15 @@ import re
 import sqlite3
 from collections.abc import MutableSet, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
 from bastion.storage.crypto import KeyRing, pack_key
-from bastion.storage.database import Database, MigrationStep
 from bastion.storage.errors import KEY_GUARD_MESSAGE, RecordTamperedError, StorageError
+
+if TYPE_CHECKING:  # database.py imports this module's steps through schema.py
+    from bastion.storage.database import Database, MigrationStep
 
 __all__ = [
     "EncryptedTable",

@@ -1,7 +1,8 @@
 """``SqliteStore``: the ``Store`` of ``base.py`` over one SQLite database in a data directory.
 
-Assembles ``database.py`` (file, WAL, migrations), ``datakeys.py`` (the key ring) and
-``registry.py`` (re-encryption); ``open_store`` is the ``StoreOpener`` the runtime will call.
+Assembles ``database.py`` (file, WAL, migrations), ``datakeys.py`` (the key ring),
+``registry.py`` (re-encryption) and ``brokerstate.py`` (the broker's tables); ``open_store``
+is the ``StoreOpener`` the runtime calls.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import structlog
 
 from bastion.config.storage_settings import StorageSettings
 from bastion.storage.base import StoreHealth, StoreOptions
+from bastion.storage.brokerstate import BrokerState
 from bastion.storage.crypto import SEALS_PER_KEY_LIMIT, KeyRing, PrimaryKey, pack_key
 from bastion.storage.database import MIGRATIONS, Database, Migration, open_database
 from bastion.storage.datakeys import (
@@ -26,6 +28,7 @@ from bastion.storage.datakeys import (
 from bastion.storage.errors import RecordTamperedError, UnknownKeyError, sqlite_errors
 from bastion.storage.keys import KeyProvider, resolve_provider
 from bastion.storage.layout import database_path, default_data_dir, ensure_data_dir
+from bastion.storage.records import Op, StoredState
 from bastion.storage.registry import count_by_key, reencrypt_batch
 
 __all__ = ["SqliteStore", "open_store", "open_store_from_settings"]
@@ -50,6 +53,7 @@ class SqliteStore:
         self._tampered: set[tuple[str, bytes]] = set()
         self._tampered_count = 0
         self._closed = False
+        self._broker = BrokerState(database, self)
 
     @property
     def path(self) -> Path:
@@ -106,6 +110,20 @@ class SqliteStore:
     def records_by_key(self) -> dict[str, int]:
         with self.database.snapshot() as connection:
             return count_by_key(connection)
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        self._broker.apply(ops)
+
+    def load(self) -> StoredState:
+        return self._broker.load()
+
+    def purge(self, now_wall: float, *, limit: int) -> int:
+        removed = self._broker.purge(now_wall, limit=limit)
+        self._flush_seals()  # periodic: a crash loses at most one purge interval of counts
+        return removed
+
+    def stats(self) -> dict[str, int]:
+        return self._broker.stats()
 
     def health(self) -> StoreHealth:
         connection = self.database.connection

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from bastion.broker.core import Broker
+from bastion.broker.journal import Journal
 from bastion.broker.sessions import Session
 from bastion.broker.stats import BrokerStats
 from bastion.config.schema import MqttSettings
@@ -142,6 +143,9 @@ class Harness:
     """A broker with a fake clock (``now``, in seconds) and helpers to drive clients."""
 
     def __init__(self, policy: Policy | None = None, **settings: object) -> None:
+        """``settings`` are MqttSettings fields, and ``journal`` (a ``Journal``) if any."""
+        journal = settings.pop("journal", None)
+        assert journal is None or isinstance(journal, Journal)
         values: dict[str, object] = {"sys_interval": 0}
         values.update(settings)
         self.settings = MqttSettings.model_validate(values)
@@ -151,6 +155,7 @@ class Harness:
             policy or Policy(allow_anonymous=True),
             version="9.9.9",
             on_security_event=self.events,
+            journal=journal,
         )
         self.log = LogRecorder()
         self.broker.security.logger = self.log

@@ -1,7 +1,7 @@
 """Test kit for ``bastion.storage``: a tiny sealed ``notes`` table and helpers to use it.
 
-Not a broker table: it exists only in test databases (schema version 2 on top of the
-storage base schema), registered like the broker's sealed tables will be.
+Not a broker table: it exists only in test databases (one schema version above this
+build's ``MIGRATIONS``), registered like the broker's sealed tables.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ NOTES_DDL = (
 )
 TEST_MIGRATIONS = (
     *MIGRATIONS,
-    Migration(2, "test notes table", (NOTES_DDL, registration(NOTES))),
+    Migration(len(MIGRATIONS) + 1, "test notes table", (NOTES_DDL, registration(NOTES))),
 )
 TOPIC = "sensors/room-1/temperature"
 

@@ -187,7 +187,7 @@ def test_newer_schema_is_refused_untouched(db_file: Path, provider: FileKeyProvi
     connection.close()
     assert_refused(
         db_file,
-        r"schema version 99, newer than this Bastion knows \(2\)",
+        rf"schema version 99, newer than this Bastion knows \({len(TEST_MIGRATIONS)}\)",
         lambda: open_test_store(db_file.parent, provider),
     )
 
@@ -210,13 +210,14 @@ def test_failed_migration_leaves_the_database_as_it_was(db_file: Path) -> None:
         connection.execute("CREATE TABLE half_done (x)")
         connection.execute("SELECT no_such_function()")
 
-    bad = (*MIGRATIONS, Migration(2, "broken step", (broken,)))
-    with pytest.raises(StorageError, match=r"schema migration 2 \(broken step\) failed"):
+    version = len(MIGRATIONS) + 1
+    bad = (*MIGRATIONS, Migration(version, "broken step", (broken,)))
+    with pytest.raises(StorageError, match=rf"schema migration {version} \(broken step\) failed"):
         open_database(db_file, migrations=bad)
     database = open_database(db_file)
     tables = database.connection.execute("SELECT name FROM sqlite_schema").fetchall()
     assert ("half_done",) not in tables
-    assert database.schema_version == 1
+    assert database.schema_version == len(MIGRATIONS)
     database.close()
     assert digest(db_file) == before
 

@@ -189,7 +189,7 @@ def test_health(store: SqliteStore) -> None:
     write_note(store, 1)
     health = store.health()
     assert health.path == store.path
-    assert health.schema_version == 2
+    assert health.schema_version == len(TEST_MIGRATIONS)
     assert health.database_bytes > 0
     assert health.current_key_id == store.keyring.current_id
     assert health.tampered_records == 0

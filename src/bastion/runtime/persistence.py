@@ -1,0 +1,181 @@
+"""Persistence at run time: open the store, restore the broker, group-commit its journal.
+
+``open_persistence`` opens the encrypted store of ``[storage]`` (or nothing when persistence
+is off) and loads the durable state; ``GroupCommitter`` then writes the broker's journal in
+batches on one storage thread — at most every ``group_commit_interval_ms`` or as soon as
+``group_commit_max_batch`` ops wait — and runs the acknowledgements that waited for each
+batch. Purging, key refresh and background re-encryption run on the same thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import structlog
+
+from bastion.broker.core import Broker
+from bastion.broker.journal import WriteAheadJournal
+from bastion.broker.restore import RestoreReport, restore
+from bastion.config.storage_settings import StorageSettings
+from bastion.storage.base import Store
+from bastion.storage.errors import StorageError
+from bastion.storage.records import StoredState
+from bastion.storage.sqlite import open_store_from_settings
+
+log = structlog.get_logger("bastion.storage")
+
+MAINTENANCE_INTERVAL = 5.0  # seconds between key refreshes / re-encryption steps
+PURGE_BATCH = 1000
+REKEY_BATCH = 200
+REKEY_STEPS = 250  # at most 50,000 records per maintenance round
+
+
+@dataclass(slots=True)
+class Persistence:
+    """An open store, the journal the broker writes to, and what was loaded."""
+
+    store: Store
+    journal: WriteAheadJournal
+    loaded: StoredState
+
+
+def open_persistence(settings: StorageSettings) -> Persistence | None:
+    """Open and load the store (None when ``[storage] enabled = false``).
+
+    ``StorageError`` (a corrupt or foreign database, a missing or wrong key) propagates:
+    the broker must not start on state it cannot trust.
+    """
+    if not settings.enabled:
+        log.warning(
+            "storage.disabled",
+            detail="persistence is off: sessions, queued and retained messages are lost on restart",
+        )
+        return None
+    store = open_store_from_settings(settings)
+    try:
+        loaded = store.load()
+    except BaseException:
+        store.close()
+        raise
+    journal = WriteAheadJournal(time.time() - time.monotonic())
+    return Persistence(store, journal, loaded)
+
+
+def restore_broker(persistence: Persistence, broker: Broker) -> RestoreReport:
+    report = restore(broker, persistence.loaded, time.monotonic())
+    persistence.loaded = StoredState()  # free the loaded copy
+    log.info(
+        "storage.restored",
+        path=str(persistence.store.path),
+        sessions=report.sessions,
+        expired_sessions=report.expired_sessions,
+        subscriptions=report.subscriptions,
+        queued=report.queued,
+        inflight=report.inflight,
+        retained=report.retained,
+        wills=report.wills,
+        skipped=report.skipped,
+    )
+    return report
+
+
+class GroupCommitter:
+    """Writes the journal in batches off the event loop; runs what waited for each batch."""
+
+    def __init__(self, persistence: Persistence, settings: StorageSettings) -> None:
+        self._store = persistence.store
+        self._journal = persistence.journal
+        self._interval = settings.group_commit_interval_ms / 1000.0
+        self._max_batch = settings.group_commit_max_batch
+        self._purge_interval = settings.purge_interval_s
+        self._thread = ThreadPoolExecutor(1, "bastion-storage")
+        self._wake = asyncio.Event()
+        self._failing = False
+        self.commits = 0
+        self.ops_written = 0
+        self._journal.wake = self._wake.set
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Commit until ``stop`` is set, then commit what is left."""
+        loop = asyncio.get_running_loop()
+        maintenance = loop.create_task(self._maintain(stop))
+        try:
+            while not stop.is_set():
+                waiter = loop.create_task(self._wake.wait())
+                stopper = loop.create_task(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                self._wake.clear()
+                if len(self._journal.ops) < self._max_batch:
+                    await asyncio.sleep(self._interval)  # let a batch gather
+                await self.commit()
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+
+    async def commit(self) -> None:
+        """Write what the journal holds now and run the actions that waited for it."""
+        journal = self._journal
+        while journal.pending():
+            ops, actions = journal.take()
+            ok = True
+            if ops:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self._store.apply, ops
+                    )
+                except StorageError as exc:
+                    ok = False
+                    if not self._failing:
+                        log.error("storage.write_failed", error=str(exc), ops=len(ops))
+                    self._failing = True
+                else:
+                    if self._failing:
+                        log.info("storage.write_recovered")
+                    self._failing = False
+                    self.commits += 1
+                    self.ops_written += len(ops)
+            for action in actions:
+                try:
+                    action(ok)
+                except Exception:  # one client's action must not stop the others
+                    log.exception("storage.action_failed")
+
+    async def _maintain(self, stop: asyncio.Event) -> None:
+        """Purge, pick up rotated keys and re-encrypt old records, a little at a time."""
+        loop = asyncio.get_running_loop()
+        next_purge = time.monotonic() + self._purge_interval
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=MAINTENANCE_INTERVAL)
+            if stop.is_set():
+                return
+            try:
+                await loop.run_in_executor(self._thread, self._store.refresh_keys)
+                for _ in range(REKEY_STEPS):  # re-encrypt under the current key, in slices
+                    done = await loop.run_in_executor(
+                        self._thread, self._store.rekey_step, REKEY_BATCH
+                    )
+                    if done < REKEY_BATCH or stop.is_set():
+                        break
+                    await asyncio.sleep(0.005)  # commits and `bastion keys` get their turn
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + self._purge_interval
+                    await loop.run_in_executor(self._thread, self._purge, time.time())
+            except StorageError as exc:
+                log.warning("storage.maintenance_failed", error=str(exc))
+
+    def _purge(self, now_wall: float) -> None:
+        while self._store.purge(now_wall, limit=PURGE_BATCH) >= PURGE_BATCH:
+            time.sleep(0.001)  # leave room for commits and `bastion keys` between batches
+
+    def close(self) -> None:
+        """After the final ``commit``: close the store and its thread."""
+        self._thread.submit(self._store.close).result()
+        self._thread.shutdown(wait=True)

@@ -1,0 +1,317 @@
+"""Broker core with a write-ahead journal: what is journaled, what waits for the commit,
+and that a broker restored from the journal carries on where the first one stopped.
+
+``ModelStore`` applies the journal's ops to plain dicts (the reference the SQLite store is
+held to in tests/unit/storage) and loads them back as a ``StoredState``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from brokerkit import Client, Harness
+
+from bastion.broker.core import Broker
+from bastion.broker.journal import WriteAheadJournal
+from bastion.broker.restore import restore
+from bastion.mqtt.packets import Properties, Puback, Pubcomp, Pubrec, Pubrel, Will
+from bastion.storage.records import (
+    Op,
+    StoredInbound,
+    StoredMessage,
+    StoredOutboxEntry,
+    StoredSession,
+    StoredState,
+    StoredSubscription,
+    StoredWill,
+)
+
+
+@dataclass
+class ModelStore:
+    sessions: dict[str, StoredSession] = field(default_factory=dict)
+    subscriptions: dict[tuple[str, str], StoredSubscription] = field(default_factory=dict)
+    messages: dict[int, StoredMessage] = field(default_factory=dict)
+    outbox: dict[tuple[str, int, bool], StoredOutboxEntry] = field(default_factory=dict)
+    inbound: set[tuple[str, int]] = field(default_factory=set)
+    retained: dict[str, int] = field(default_factory=dict)
+    wills: dict[str, StoredWill] = field(default_factory=dict)
+
+    def apply(self, ops: list[Op]) -> None:
+        for kind, value in ops:
+            if kind == "put_session":
+                assert isinstance(value, StoredSession)
+                self.sessions[value.client_id] = value
+            elif kind == "delete_session":
+                assert isinstance(value, str)
+                self.sessions.pop(value, None)
+                for table in (self.subscriptions, self.outbox):
+                    for key in [k for k in table if k[0] == value]:
+                        del table[key]  # type: ignore[arg-type]
+                self.inbound = {i for i in self.inbound if i[0] != value}
+                self.wills.pop(value, None)
+            elif kind == "put_subscription":
+                assert isinstance(value, StoredSubscription)
+                self.subscriptions[value.client_id, value.topic_filter] = value
+            elif kind == "delete_subscription":
+                assert isinstance(value, tuple)
+                self.subscriptions.pop(value, None)
+            elif kind == "put_message":
+                assert isinstance(value, StoredMessage)
+                self.messages.setdefault(value.msg_id, value)
+            elif kind == "put_outbox":
+                assert isinstance(value, StoredOutboxEntry)
+                self.outbox[value.client_id, value.msg_id, value.shared] = value
+            elif kind == "delete_outbox":
+                assert isinstance(value, tuple)
+                self.outbox.pop(value, None)
+            elif kind in ("put_inbound", "delete_inbound"):
+                assert isinstance(value, StoredInbound)
+                pair = (value.client_id, value.packet_id)
+                if kind == "put_inbound":
+                    self.inbound.add(pair)
+                else:
+                    self.inbound.discard(pair)
+            elif kind == "put_retained":
+                assert isinstance(value, tuple)
+                self.retained[value[0]] = value[1]
+            elif kind == "delete_retained":
+                assert isinstance(value, str)
+                self.retained.pop(value, None)
+            elif kind == "put_will":
+                assert isinstance(value, StoredWill)
+                self.wills[value.client_id] = value
+            elif kind == "delete_will":
+                assert isinstance(value, str)
+                self.wills.pop(value, None)
+
+    def load(self) -> StoredState:
+        used = {e.msg_id for e in self.outbox.values()} | set(self.retained.values())
+        return StoredState(
+            sessions=list(self.sessions.values()),
+            subscriptions=list(self.subscriptions.values()),
+            outbox=sorted(self.outbox.values(), key=lambda e: (e.client_id, e.msg_id)),
+            inbound=[StoredInbound(c, p) for c, p in sorted(self.inbound)],
+            retained=dict(self.retained),
+            wills=list(self.wills.values()),
+            messages={i: m for i, m in self.messages.items() if i in used},
+            next_msg_id=max(self.messages, default=0) + 1,
+        )
+
+
+class Durable:
+    """A harness whose broker journals into a ``ModelStore``; ``commit`` runs the batch."""
+
+    def __init__(self) -> None:
+        self.journal = WriteAheadJournal(wall_offset=1_000_000.0)
+        self.harness = Harness(journal=self.journal)
+        self.store = ModelStore()
+
+    def commit(self, ok: bool = True) -> int:
+        ops, actions = self.journal.take()
+        if ok:
+            self.store.apply(ops)
+        for action in actions:
+            action(ok)
+        return len(ops)
+
+    def restart(self, after: float = 1.0) -> Harness:
+        """A new broker from what was committed (the old one is simply dropped: a crash)."""
+        self.commit()
+        journal = WriteAheadJournal(wall_offset=1_000_000.0)
+        settings: dict[str, object] = dict(self.harness.settings.model_dump())
+        settings["journal"] = journal
+        fresh = Harness(None, **settings)
+        fresh.now = self.harness.now + after
+        restore(fresh.broker, self.store.load(), fresh.now)
+        self.journal = journal
+        self.harness = fresh
+        return fresh
+
+
+def _durable_sub(h: Harness, client_id: str = "sub", qos: int = 1, version: int = 5) -> Client:
+    client = h.connect(client_id, clean=False, expiry=3600, version=version)
+    client.subscribe("t/#", qos=qos)
+    return client
+
+
+def test_puback_waits_for_the_commit_of_a_durable_copy() -> None:
+    d = Durable()
+    h = d.harness
+    _durable_sub(h).drop()  # offline: the message is queued for it
+    pub = h.connect("pub")
+    pub.publish("t/1", b"m", qos=1, packet_id=7)
+    assert pub.take() == []  # not yet: nothing promised before it is on disk
+    assert d.commit() > 0
+    assert pub.take() == [Puback(7)]
+
+
+def test_puback_is_immediate_when_nothing_durable_is_involved() -> None:
+    d = Durable()
+    h = d.harness
+    h.connect("clean").subscribe("t/#", qos=1)
+    pub = h.connect("pub")
+    pub.publish("t/1", b"m", qos=1, packet_id=3)
+    assert [p for p in pub.take() if isinstance(p, Puback)] == [Puback(3)]
+
+
+def test_acknowledgements_keep_their_order_behind_a_waiting_one() -> None:
+    d = Durable()
+    h = d.harness
+    _durable_sub(h).drop()
+    pub = h.connect("pub")
+    pub.publish("t/1", b"durable", qos=1, packet_id=1)
+    pub.publish("x/1", b"nobody", qos=1, packet_id=2)  # writes nothing, but must wait its turn
+    assert pub.take() == []
+    d.commit()
+    assert pub.take() == [Puback(1), Puback(2, 0x10)]  # 0x10: no matching subscribers
+
+
+def test_a_failed_commit_sends_no_acknowledgement_and_closes() -> None:
+    d = Durable()
+    h = d.harness
+    _durable_sub(h).drop()
+    pub = h.connect("pub")
+    pub.publish("t/1", b"m", qos=1, packet_id=1)
+    d.commit(ok=False)
+    assert pub.take() == []
+    assert pub.link.closed
+
+
+def test_queued_messages_and_session_present_survive_a_restart() -> None:
+    d = Durable()
+    h = d.harness
+    _durable_sub(h).drop()
+    pub = h.connect("pub")
+    for i in range(3):
+        pub.publish("t/a", f"m{i}".encode(), qos=1)
+    d.commit()
+    h2 = d.restart()
+    sub = h2.connect("sub", clean=False, expiry=3600)
+    assert sub.connack.session_present
+    got = sub.take_publishes()
+    assert [m.payload for m in got] == [b"m0", b"m1", b"m2"]
+    for msg in got:
+        sub.ack(msg)
+    d.commit()
+    assert d.store.outbox == {}
+
+
+def test_inflight_copies_are_resent_with_dup_and_the_same_packet_id() -> None:
+    d = Durable()
+    h = d.harness
+    sub = _durable_sub(h, qos=2)
+    pub = h.connect("pub")
+    pub.publish("t/x", b"once", qos=2, packet_id=5)
+    assert sub.take_publishes() == []  # QoS 2 out: only once its packet id is durable
+    d.commit()
+    [first] = sub.take_publishes()
+    assert first.qos == 2 and not first.dup
+    h2 = d.restart()
+    back = h2.connect("sub", clean=False, expiry=3600)
+    [again] = back.take_publishes()
+    assert (again.packet_id, again.dup, again.payload) == (first.packet_id, True, b"once")
+
+
+def test_a_released_qos2_flow_resumes_with_pubrel_not_a_second_publish() -> None:
+    d = Durable()
+    h = d.harness
+    sub = _durable_sub(h, qos=2)
+    h.connect("pub").publish("t/x", b"once", qos=2, packet_id=1)
+    d.commit()
+    [msg] = sub.take_publishes()
+    assert msg.packet_id is not None
+    sub.send(Pubrec(msg.packet_id))
+    assert sub.take() == []  # PUBREL waits until "released" is durable
+    d.commit()
+    assert sub.take() == [Pubrel(msg.packet_id)]
+    h2 = d.restart()
+    back = h2.connect("sub", clean=False, expiry=3600)
+    assert back.take() == [Pubrel(msg.packet_id)]
+    back.send(Pubcomp(msg.packet_id))
+    d.commit()
+    assert d.store.outbox == {}
+
+
+def test_inbound_qos2_ids_survive_so_a_resent_publish_is_not_routed_twice() -> None:
+    d = Durable()
+    h = d.harness
+    sub = _durable_sub(h, qos=2)
+    pub = h.connect("pub", clean=False, expiry=3600)
+    pub.publish("t/x", b"once", qos=2, packet_id=9)
+    d.commit()
+    assert pub.take() == [Pubrec(9)]
+    [msg] = sub.take_publishes()
+    h2 = d.restart()
+    pub2 = h2.connect("pub", clean=False, expiry=3600)
+    pub2.publish("t/x", b"once", qos=2, packet_id=9, dup=True)  # the client's resend
+    d.commit()
+    assert pub2.take() == [Pubrec(9)]
+    sub2 = h2.connect("sub", clean=False, expiry=3600)
+    assert [p.payload for p in sub2.take_publishes()] == [b"once"]  # the old copy only
+    pub2.send(Pubrel(9))
+    assert pub2.take() == []  # PUBCOMP once the id's removal is durable
+    d.commit()
+    assert pub2.take() == [Pubcomp(9)]
+    assert d.store.inbound == set()
+    assert msg.payload == b"once"
+
+
+def test_retained_messages_subscriptions_and_delayed_wills_survive() -> None:
+    d = Durable()
+    h = d.harness
+    h.connect("pub").publish("r/t", b"kept", retain=True)
+    will = Will("status/dev", b"offline", 1, True, Properties(will_delay_interval=60))
+    dev = h.connect("dev", clean=False, expiry=3600, will=will)
+    dev.subscribe("cmd/#", qos=1)
+    dev.drop()  # the will waits 60 s
+    d.commit()
+    assert set(d.store.wills) == {"dev"}
+    h2 = d.restart(after=10.0)
+    watcher = h2.connect("watcher")
+    watcher.subscribe("r/t")
+    [kept] = watcher.take_publishes()
+    assert (kept.payload, kept.retain) == (b"kept", True)
+    watcher.subscribe("status/#", qos=1)
+    h2.advance(55.0)  # 10 + 55 > 60: the restored will fires on time
+    [fired] = watcher.take_publishes()
+    assert fired.payload == b"offline"
+    back = h2.connect("dev", clean=False, expiry=3600)
+    h2.connect("ctl").publish("cmd/open", b"1", qos=1)
+    assert [p.topic for p in back.take_publishes()] == ["cmd/open"]
+
+
+def test_an_expired_session_is_not_restored() -> None:
+    d = Durable()
+    h = d.harness
+    h.connect("brief", clean=False, expiry=5).drop()
+    d.commit()
+    h2 = d.restart(after=10.0)
+    assert not h2.connect("brief", clean=False, expiry=5).connack.session_present
+    d.commit()
+    assert "brief" in d.store.sessions  # the new session, journaled again
+
+
+def test_clean_sessions_and_qos0_write_nothing() -> None:
+    d = Durable()
+    h = d.harness
+    sub = h.connect("clean")
+    sub.subscribe("t/#", qos=1)
+    pub = h.connect("pub")
+    for i in range(5):
+        pub.publish("t/a", b"x", qos=i % 2)
+    assert d.commit() == 0
+    assert len(sub.take_publishes()) == 5
+
+
+def test_restore_into_a_broker_without_persistence_also_works() -> None:
+    d = Durable()
+    _durable_sub(d.harness).drop()
+    d.harness.connect("pub").publish("t/a", b"m", qos=1)
+    d.commit()
+    plain = Broker(d.harness.settings, d.harness.broker.policy)
+    report = restore(plain, d.store.load(), 0.0)
+    assert (report.sessions, report.queued) == (1, 1)
+    state = plain.sessions.get("sub")
+    assert state is not None and [d.message.payload for d in state.outbox.queue] == [b"m"]
+    assert state.outbox.journal is None  # nothing journals without persistence
