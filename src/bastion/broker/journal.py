@@ -43,7 +43,7 @@ __all__ = [
 Action = Callable[[bool], None]
 """Run once the ops recorded before it are durable (True) or could not be written (False)."""
 
-_WRITTEN_KEPT = 65_536  # message ids remembered as already written (older ones are rewritten)
+_WRITTEN_KEPT = 65_536  # message ids already in this batch (a fuller batch writes some twice)
 
 
 class Journal:
@@ -180,6 +180,10 @@ class WriteAheadJournal(Journal):
         """The batch to commit now (a new one starts empty)."""
         ops, actions = self.ops, self.actions
         self.ops, self.actions = [], []
+        # Each batch stores the messages its copies refer to (a repeat is ignored by the
+        # store): the store may purge a message between two batches once nothing refers to
+        # it, so "written before" cannot be trusted across batches.
+        self._written.clear()
         return ops, actions
 
     def pending(self) -> bool:

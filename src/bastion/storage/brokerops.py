@@ -1,19 +1,21 @@
 """How each kind of ``records.Op`` becomes rows and the statements that apply them.
 
-``brokerstate.BrokerState.apply`` gathers the rows of a batch per kind and runs each kind's
-statements with ``executemany``; payloads, property blocks and usernames are sealed here.
+``write_batch`` gathers the rows of a batch per kind and runs each kind's statements with
+``executemany`` (for ``BrokerState.apply``); payloads, property blocks and usernames are
+sealed here.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bastion.storage.crypto import KeyRing, pack_key
 from bastion.storage.errors import StorageError
 from bastion.storage.records import (
+    Op,
     StoredInbound,
     StoredMessage,
     StoredOutboxEntry,
@@ -22,7 +24,7 @@ from bastion.storage.records import (
     StoredWill,
 )
 
-__all__ = ["OP_SPECS", "OpSpec", "Row", "flush_rows", "open_username", "seal_username"]
+__all__ = ["OP_SPECS", "OpSpec", "Row", "open_username", "seal_username", "write_batch"]
 
 _T = TypeVar("_T")
 Row = tuple[Any, ...]
@@ -157,15 +159,30 @@ def _upsert(table: str, columns: str, key: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class OpSpec:
-    """How one op kind becomes rows, which statements consume them, what tables they touch."""
+    """How one op kind becomes a row, which statements consume it, which rows it touches.
+
+    An op writes the row of ``table`` that its first ``key`` values identify; if
+    ``by_client``, the first is a client id. ``delete_session`` instead sweeps every row of
+    its client from the ``sweeps`` tables.
+    """
 
     row: Callable[[object, KeyRing], Row]
     statements: tuple[str, ...]
-    tables: frozenset[str]
+    table: str = ""
+    key: int = 1
+    by_client: bool = False
+    sweeps: frozenset[str] = frozenset()
 
 
-def _spec(row: Callable[[object, KeyRing], Row], *statements: str, tables: str) -> OpSpec:
-    return OpSpec(row, statements, frozenset(tables.split()))
+def _spec(
+    row: Callable[[object, KeyRing], Row],
+    *statements: str,
+    table: str = "",
+    key: int = 1,
+    by_client: bool = False,
+    sweeps: str = "",
+) -> OpSpec:
+    return OpSpec(row, statements, table, key, by_client, frozenset(sweeps.split()))
 
 
 OP_SPECS: dict[str, OpSpec] = {
@@ -174,7 +191,8 @@ OP_SPECS: dict[str, OpSpec] = {
         _upsert(
             "sessions", "client_id, expiry_interval, offline_since, key_id, username", "client_id"
         ),
-        tables="sessions",
+        table="sessions",
+        by_client=True,
     ),
     "delete_session": _spec(
         lambda value, _: _key(value, "delete_session", 1),
@@ -183,7 +201,7 @@ OP_SPECS: dict[str, OpSpec] = {
         "DELETE FROM outbox WHERE client_id = ?",
         "DELETE FROM inbound WHERE client_id = ?",
         "DELETE FROM wills WHERE client_id = ?",
-        tables="sessions subscriptions outbox inbound wills",
+        sweeps="sessions subscriptions outbox inbound wills",
     ),
     "put_subscription": _spec(
         _put_subscription,
@@ -193,18 +211,22 @@ OP_SPECS: dict[str, OpSpec] = {
             "identifier",
             "client_id, topic_filter",
         ),
-        tables="subscriptions",
+        table="subscriptions",
+        key=2,
+        by_client=True,
     ),
     "delete_subscription": _spec(
         lambda value, _: _key(value, "delete_subscription", 2),
         "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?",
-        tables="subscriptions",
+        table="subscriptions",
+        key=2,
+        by_client=True,
     ),
     "put_message": _spec(
         _put_message,
         "INSERT INTO messages (msg_id, topic, qos, retain, expires_at, origin, key_id, payload, "
         "properties) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (msg_id) DO NOTHING",
-        tables="messages",
+        table="messages",
     ),
     "put_outbox": _spec(
         _put_outbox,
@@ -214,32 +236,40 @@ OP_SPECS: dict[str, OpSpec] = {
             "released, share_filter",
             "client_id, msg_id, shared",
         ),
-        tables="outbox",
+        table="outbox",
+        key=3,
+        by_client=True,
     ),
     "delete_outbox": _spec(
         lambda value, _: _key(value, "delete_outbox", 3),
         "DELETE FROM outbox WHERE client_id = ? AND msg_id = ? AND shared = ?",
-        tables="outbox",
+        table="outbox",
+        key=3,
+        by_client=True,
     ),
     "put_inbound": _spec(
         lambda value, _: _inbound(value, "put_inbound"),
         "INSERT INTO inbound (client_id, packet_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        tables="inbound",
+        table="inbound",
+        key=2,
+        by_client=True,
     ),
     "delete_inbound": _spec(
         lambda value, _: _inbound(value, "delete_inbound"),
         "DELETE FROM inbound WHERE client_id = ? AND packet_id = ?",
-        tables="inbound",
+        table="inbound",
+        key=2,
+        by_client=True,
     ),
     "put_retained": _spec(
         lambda value, _: _key(value, "put_retained", 2),
         _upsert("retained", "topic, msg_id", "topic"),
-        tables="retained",
+        table="retained",
     ),
     "delete_retained": _spec(
         lambda value, _: _key(value, "delete_retained", 1),
         "DELETE FROM retained WHERE topic = ?",
-        tables="retained",
+        table="retained",
     ),
     "put_will": _spec(
         _put_will,
@@ -248,19 +278,64 @@ OP_SPECS: dict[str, OpSpec] = {
             "client_id, topic, qos, retain, due_at, key_id, payload, properties",
             "client_id",
         ),
-        tables="wills",
+        table="wills",
+        by_client=True,
     ),
     "delete_will": _spec(
         lambda value, _: _key(value, "delete_will", 1),
         "DELETE FROM wills WHERE client_id = ?",
-        tables="wills",
+        table="wills",
+        by_client=True,
     ),
 }
 
 
-def flush_rows(connection: sqlite3.Connection, pending: dict[str, list[Row]], high: int) -> int:
-    """Run the gathered rows kind by kind (their tables are disjoint, so order between kinds
-    does not matter); empties ``pending`` and returns the highest msg_id put so far."""
+def write_batch(
+    connection: sqlite3.Connection, keyring: KeyRing, ops: Sequence[Op], high: int
+) -> int:
+    """Write ``ops`` as if one at a time, but with few ``executemany`` calls.
+
+    Rows are gathered per kind and written kind by kind, which reorders ops of different
+    kinds; that is safe while they touch different rows. An op touching a row that a
+    gathered op of another kind touches (the same key, or a client a gathered
+    ``delete_session`` sweeps) writes everything gathered first. Returns the highest msg_id
+    put, or ``high``.
+    """
+    pending: dict[str, list[Row]] = {}
+    owners: dict[tuple[str, Row], str] = {}  # (table, key) -> kind of the gathered op
+    swept: set[tuple[str, object]] = set()  # (table, client) a gathered delete_session sweeps
+    for kind, value in ops:
+        spec = OP_SPECS.get(kind)
+        if spec is None:
+            raise StorageError(f"unknown op kind {kind!r}")
+        row = spec.row(value, keyring)
+        table = spec.table
+        if table:
+            slot = (table, row[: spec.key])
+            if owners.setdefault(slot, kind) != kind or (
+                spec.by_client and swept and (table, row[0]) in swept
+            ):
+                high = _write(connection, pending, high)
+                owners.clear()
+                swept.clear()
+                owners[slot] = kind
+        else:
+            sweeps = spec.sweeps
+            if any(OP_SPECS[other].table in sweeps for other in pending if other != kind):
+                high = _write(connection, pending, high)
+                owners.clear()
+                swept.clear()
+            swept.update((name, row[0]) for name in sweeps)
+        rows = pending.get(kind)
+        if rows is None:
+            pending[kind] = [row]
+        else:
+            rows.append(row)
+    return _write(connection, pending, high)
+
+
+def _write(connection: sqlite3.Connection, pending: dict[str, list[Row]], high: int) -> int:
+    """Run the gathered rows kind by kind; empties ``pending``, returns the highest msg_id."""
     for kind, rows in pending.items():
         if kind == "put_message":
             high = max([high, *(row[0] for row in rows)])

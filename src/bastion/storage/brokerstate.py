@@ -14,10 +14,10 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from bastion.storage.brokerops import OP_SPECS, Row, flush_rows, open_username
+from bastion.storage.brokerops import Row, open_username, write_batch
 from bastion.storage.crypto import KeyRing, PrimaryKey, pack_key
 from bastion.storage.database import Database, get_meta, set_meta
-from bastion.storage.errors import KeyRetiredError, StorageError
+from bastion.storage.errors import KeyRetiredError
 from bastion.storage.records import (
     Op,
     StoredInbound,
@@ -128,10 +128,9 @@ class BrokerState:
     def apply(self, ops: Sequence[Op]) -> None:
         """Apply ``ops`` in order in one write transaction: all of them, or none.
 
-        Ops on different tables commute, so consecutive ones are gathered into one
-        ``executemany`` per kind; an op on a table that another gathered kind touches
-        flushes the gathered rows first, which keeps the order where it matters. A data key
-        retired meanwhile by another process is picked up and the batch retried once.
+        Ops on different rows commute, so they are gathered into one ``executemany`` per
+        kind (``brokerops.write_batch``), in order wherever they touch the same row. A data
+        key retired meanwhile by another process is picked up and the batch retried once.
         """
         if not ops:
             return
@@ -144,28 +143,9 @@ class BrokerState:
         self._msg_id_high = high
 
     def _apply_once(self, ops: Sequence[Op]) -> int:
-        keyring = self._keys.keyring
         with self._database.transaction() as connection:
-            stored = high = self._stored_high(connection)
-            pending: dict[str, list[Row]] = {}
-            owners: dict[str, str] = {}  # table -> the gathered kind that touches it
-            last = ""
-            rows: list[Row] = []
-            row: Callable[[object, KeyRing], Row] = _no_row
-            for kind, value in ops:
-                if kind != last:
-                    spec = OP_SPECS.get(kind)
-                    if spec is None:
-                        raise StorageError(f"unknown op kind {kind!r}")
-                    if any(owners.get(table, kind) != kind for table in spec.tables):
-                        high = flush_rows(connection, pending, high)
-                        owners.clear()
-                    owners.update(dict.fromkeys(spec.tables, kind))
-                    rows = pending.setdefault(kind, [])
-                    row = spec.row
-                    last = kind
-                rows.append(row(value, keyring))
-            high = flush_rows(connection, pending, high)
+            stored = self._stored_high(connection)
+            high = write_batch(connection, self._keys.keyring, ops, stored)
             if high > stored:
                 set_meta(connection, MSG_ID_HIGH, str(high))
         return high
@@ -355,10 +335,6 @@ class BrokerState:
 
 
 # ----------------------------------------------------------------- plaintext rows to records
-
-
-def _no_row(value: object, keyring: KeyRing) -> Row:
-    raise AssertionError("unreachable: set before the first op")
 
 
 def _text(value: object) -> str:

@@ -6,6 +6,7 @@ keys the master key of ``keys.py`` wraps); ``registry.py`` and the store seal an
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import struct
@@ -82,14 +83,19 @@ def record_associated_data(table: str, column: str, pk: PrimaryKey, key_id: str)
     Editing any of them (moving a blob to another row, table or column, or relabelling its
     key) makes authentication fail.
     """
-    return encode_fields(
-        _RECORD_LABEL,
-        _VERSION_BYTE,
-        table.encode("utf-8"),
-        column.encode("utf-8"),
-        _tagged(pk),
-        key_id.encode("utf-8"),
+    head, tail = _associated_parts(table, column, key_id)
+    tagged = _tagged(pk)
+    return head + _LENGTH.pack(len(tagged)) + tagged + tail
+
+
+@functools.lru_cache(maxsize=256)
+def _associated_parts(table: str, column: str, key_id: str) -> tuple[bytes, bytes]:
+    """The encoded fields before and after the primary key (few distinct: cached, since
+    every seal and open needs them)."""
+    head = encode_fields(
+        _RECORD_LABEL, _VERSION_BYTE, table.encode("utf-8"), column.encode("utf-8")
     )
+    return head, encode_fields(key_id.encode("utf-8"))
 
 
 def new_key() -> bytes:

@@ -50,7 +50,7 @@ class StoredMessage:
 class StoredSession:
     """A durable session (session expiry > 0). ``offline_since`` is when its last connection
     ended (wall clock), None while connected; a session loaded after a crash that was
-    connected counts as offline from the moment of the restart."""
+    connected counts as offline from the moment of the restart. The username is sealed."""
 
     client_id: str
     expiry_interval: int
@@ -127,7 +127,10 @@ OpKind = Literal[
 
 Op = tuple[OpKind, object]
 """One change: applied in order, a batch in one transaction. Messages no outbox entry or
-retained topic refers to any more are removed by the store's purge, not by an op."""
+retained topic refers to any more are removed by the store's purge, not by an op: so a
+message must be referred to in the batch that stores it, and once its references are gone
+(and a purge may have run) a new reference needs its ``put_message`` again (a repeated one
+for a msg_id still stored costs a seal and is ignored)."""
 
 
 @dataclass(slots=True)

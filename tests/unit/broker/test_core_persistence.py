@@ -315,3 +315,21 @@ def test_restore_into_a_broker_without_persistence_also_works() -> None:
     state = plain.sessions.get("sub")
     assert state is not None and [d.message.payload for d in state.outbox.queue] == [b"m"]
     assert state.outbox.journal is None  # nothing journals without persistence
+
+
+def test_every_batch_that_refers_to_a_message_also_stores_it() -> None:
+    """The store may purge a message between batches once nothing refers to it, so a batch
+    with a copy of a message carries the message too (once per batch)."""
+    d = Durable()
+    h = d.harness
+    _durable_sub(h, "a").drop()
+    _durable_sub(h, "b").drop()
+    h.connect("pub").publish("t/1", b"m", qos=1)
+    ops, actions = d.journal.take()
+    assert [kind for kind, _ in ops].count("put_message") == 1  # two copies, one message
+    d.store.apply(ops)
+    for action in actions:
+        action(True)
+    h.connect("a", clean=False, expiry=3600)  # the copy moves from queue to in flight
+    ops, _ = d.journal.take()
+    assert [kind for kind, _ in ops].count("put_message") == 1

@@ -8,8 +8,9 @@ expired messages but msg_ids are never reused.
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,44 @@ def test_ops_keep_their_order_inside_a_batch(store: SqliteStore) -> None:
     assert state.retained == {"t": 2}
     assert state.inbound == [StoredInbound("c", 3)]
     assert state.wills == [StoredWill("c", "w2", b"two", 1, True, due_at=9.0)]
+
+
+class CountingConnection:
+    """Delegates to a real connection, counting ``executemany`` calls."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+        self.executemany_calls = 0
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.connection.in_transaction
+
+    def execute(self, sql: str, parameters: Sequence[object] = ()) -> sqlite3.Cursor:
+        return self.connection.execute(sql, parameters)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> sqlite3.Cursor:
+        self.executemany_calls += 1
+        return self.connection.executemany(sql, rows)
+
+
+def test_interleaved_ops_on_different_rows_are_written_together(store: SqliteStore) -> None:
+    earlier: list[Op] = [("put_message", message(i)) for i in range(1, 101)]
+    store.apply(earlier + [("put_outbox", queued(f"c{i % 7}", i)) for i in range(1, 101)])
+    ops: list[Op] = []  # what a group commit sees: new copies, and acks of older ones
+    for i in range(101, 201):
+        ops.append(("put_message", message(i)))
+        ops.append(("put_outbox", queued(f"c{i % 7}", i)))
+        ops.append(("delete_outbox", (f"c{(i - 100) % 7}", i - 100, False)))
+    counting = CountingConnection(store.database.connection)
+    store.database.connection = counting  # type: ignore[assignment]
+    try:
+        store.apply(ops)
+    finally:
+        store.database.connection = counting.connection
+    assert counting.executemany_calls == 3  # one per kind: nothing had to be flushed early
+    state = store.load()
+    assert [e.msg_id for e in state.outbox] == sorted(range(101, 201), key=lambda i: (i % 7, i))
 
 
 def test_delete_then_put_session_in_one_batch(store: SqliteStore) -> None:
@@ -441,7 +480,7 @@ def model_state(batches: list[list[Op]]) -> StoredState:
     )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches=st.lists(st.lists(_op, max_size=25), min_size=1, max_size=4))
 def test_batches_match_a_one_op_at_a_time_model(batches: list[list[Op]]) -> None:
     with tempfile.TemporaryDirectory() as work:
