@@ -290,8 +290,8 @@ class Router:
         if journal is not None and delivery.qos == 2:
             # Exactly once across a crash: the packet id this copy goes out under must be
             # durable first, or a restarted broker could resend it under another id.
-            def send_when_durable(ok: bool) -> None:
-                if ok and outbox.inflight.get(item.packet_id) is item:
+            def send_when_durable(failure: int) -> None:
+                if not failure and outbox.inflight.get(item.packet_id) is item:
                     self._send_started(connection, outbox, item.packet_id, packet)
 
             journal.after_commit(send_when_durable)
@@ -398,8 +398,8 @@ class Router:
             self.send(connection, Pubrel(packet_id))
             return
 
-        def release_when_durable(ok: bool) -> None:  # a resend must be PUBREL, not PUBLISH
-            if ok:
+        def release_when_durable(failure: int) -> None:  # a resend must be PUBREL, not PUBLISH
+            if not failure:
                 self.send(connection, Pubrel(packet_id))
 
         journal.after_commit(release_when_durable)

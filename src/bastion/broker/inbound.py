@@ -260,12 +260,18 @@ class InboundPublishes:
             return
         session.deferred += 1
 
-        def send(ok: bool) -> None:
+        def send(failure: int) -> None:
             session.deferred -= 1
-            if ok:
+            if not failure:
                 self.router.send(session, ack)
-            elif session.open:  # not durable: no promise; the client sends it again later
-                self._close(session, ReasonCode.UNSPECIFIED_ERROR)
+            elif session.protocol_version >= _V5 and not isinstance(ack, Pubcomp):
+                # Not durable, so not accepted: say why (0x97 store full, 0x80 otherwise).
+                # A refused QoS 2 flow is over (§4.3.3): the id may come back as a new one.
+                if isinstance(ack, Pubrec):
+                    session.state.inbound_qos2.pop(ack.packet_id, None)
+                self.router.send(session, _refused(ack, failure))
+            elif session.open:  # 3.1.1 cannot say it: no promise; the client resends later
+                self._close(session, failure)
 
         journal.after_commit(send)
 
@@ -300,6 +306,14 @@ class InboundPublishes:
 
     def next_deadline(self) -> float | None:
         return self.releases.next_deadline()
+
+
+def _refused(ack: Packet, reason: int) -> Packet:
+    """``ack`` (PUBACK or PUBREC) carrying a failure reason instead of success."""
+    if isinstance(ack, Puback):
+        return Puback(ack.packet_id, reason)
+    assert isinstance(ack, Pubrec)
+    return Pubrec(ack.packet_id, reason)
 
 
 __all__ = ["Closer", "InboundPublishes", "ReleaseTimer", "problem_properties"]

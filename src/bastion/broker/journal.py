@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from bastion.broker.sessions import SessionState
 
 __all__ = [
+    "DURABLE",
     "Action",
     "Journal",
     "MemoryJournal",
@@ -40,8 +41,11 @@ __all__ = [
     "subscription_record",
 ]
 
-Action = Callable[[bool], None]
-"""Run once the ops recorded before it are durable (True) or could not be written (False)."""
+Action = Callable[[int], None]
+"""Run once the ops recorded before it are durable (argument 0) or could not be written (the
+MQTT reason code to answer with: 0x97 when the store is full, 0x80 otherwise)."""
+
+DURABLE = 0
 
 _WRITTEN_KEPT = 65_536  # message ids already in this batch (a fuller batch writes some twice)
 
@@ -66,7 +70,7 @@ class Journal:
 
     def after_commit(self, action: Action) -> None:
         """Run ``action`` once everything recorded so far is durable."""
-        action(True)
+        action(DURABLE)
 
     # -- helpers for the core: each turns one change into its op -----------------------
 

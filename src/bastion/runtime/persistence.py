@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from bastion.broker.core import Broker
-from bastion.broker.journal import WriteAheadJournal
+from bastion.broker.journal import DURABLE, WriteAheadJournal
 from bastion.broker.restore import RestoreReport, restore
 from bastion.config.storage_settings import StorageSettings
 from bastion.storage.base import Store
@@ -96,6 +96,7 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._failing = False
         self.commits = 0
+        self.write_failures = 0
         self.ops_written = 0
         self._journal.wake = self._wake.set
 
@@ -124,14 +125,15 @@ class GroupCommitter:
         journal = self._journal
         while journal.pending():
             ops, actions = journal.take()
-            ok = True
+            failure = DURABLE
             if ops:
                 try:
                     await asyncio.get_running_loop().run_in_executor(
                         self._thread, self._store.apply, ops
                     )
                 except StorageError as exc:
-                    ok = False
+                    failure = exc.reason
+                    self.write_failures += 1
                     if not self._failing:
                         log.error("storage.write_failed", error=str(exc), ops=len(ops))
                     self._failing = True
@@ -143,7 +145,7 @@ class GroupCommitter:
                     self.ops_written += len(ops)
             for action in actions:
                 try:
-                    action(ok)
+                    action(failure)
                 except Exception:  # one client's action must not stop the others
                     log.exception("storage.action_failed")
 

@@ -107,12 +107,13 @@ class Durable:
         self.harness = Harness(journal=self.journal)
         self.store = ModelStore()
 
-    def commit(self, ok: bool = True) -> int:
+    def commit(self, failure: int = 0) -> int:
+        """Commit the batch (``failure``: the reason code of a write that failed)."""
         ops, actions = self.journal.take()
-        if ok:
+        if not failure:
             self.store.apply(ops)
         for action in actions:
-            action(ok)
+            action(failure)
         return len(ops)
 
     def restart(self, after: float = 1.0) -> Harness:
@@ -167,15 +168,21 @@ def test_acknowledgements_keep_their_order_behind_a_waiting_one() -> None:
     assert pub.take() == [Puback(1), Puback(2, 0x10)]  # 0x10: no matching subscribers
 
 
-def test_a_failed_commit_sends_no_acknowledgement_and_closes() -> None:
+def test_a_failed_commit_refuses_with_its_reason_or_closes_a_311_client() -> None:
     d = Durable()
     h = d.harness
     _durable_sub(h).drop()
     pub = h.connect("pub")
     pub.publish("t/1", b"m", qos=1, packet_id=1)
-    d.commit(ok=False)
-    assert pub.take() == []
-    assert pub.link.closed
+    pub.publish("t/2", b"m", qos=2, packet_id=2)
+    d.commit(failure=0x97)  # the store is full
+    assert pub.take() == [Puback(1, 0x97), Pubrec(2, 0x97)]
+    assert pub.live.state.inbound_qos2 == {}  # the refused QoS 2 flow is over
+    old = h.connect("old", version=4)
+    old.publish("t/3", b"m", qos=1, packet_id=3)
+    d.commit(failure=0x80)
+    assert old.take() == []
+    assert old.link.closes == [None]  # 3.1.1: a plain close, no reason on the wire
 
 
 def test_queued_messages_and_session_present_survive_a_restart() -> None:
@@ -329,7 +336,7 @@ def test_every_batch_that_refers_to_a_message_also_stores_it() -> None:
     assert [kind for kind, _ in ops].count("put_message") == 1  # two copies, one message
     d.store.apply(ops)
     for action in actions:
-        action(True)
+        action(0)
     h.connect("a", clean=False, expiry=3600)  # the copy moves from queue to in flight
     ops, _ = d.journal.take()
     assert [kind for kind, _ in ops].count("put_message") == 1
