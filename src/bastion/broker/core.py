@@ -110,6 +110,7 @@ class Broker:
             self.rules,
             self.security,
             protocol_error=self._protocol_error,
+            close=self._close,
             refresh_counts=self.refresh_counts,
         )
         self.sys_topics = SysTopics(version, settings.sys_interval, self.stats)

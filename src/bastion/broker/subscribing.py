@@ -57,6 +57,7 @@ class SubscriptionRequests:
         security: SecurityLog,
         *,
         protocol_error: ProtocolErrorHandler,
+        close: Callable[[Session, int], None],
         refresh_counts: Callable[[], None],
     ) -> None:
         self.settings = settings
@@ -67,6 +68,7 @@ class SubscriptionRequests:
         self.rules = rules
         self.security = security
         self._protocol_error = protocol_error
+        self._close = close
         self._refresh_counts = refresh_counts
 
     def cap(self, client_id: str, max_qos: int) -> None:
@@ -108,9 +110,22 @@ class SubscriptionRequests:
             if send_retained:
                 retained.append((sub.topic_filter, code))
         self._refresh_counts()
-        self.router.send(session, Suback(packet.packet_id, tuple(codes)))
-        for topic_filter, qos in retained:
-            self.router.send_retained(session, topic_filter, qos, identifier, now)
+        suback = Suback(packet.packet_id, tuple(codes))
+
+        def answer(failure: int = 0) -> None:
+            if failure:  # the subscriptions are not durable: the client must subscribe again
+                if session.open:
+                    self._close(session, failure)
+                return
+            self.router.send(session, suback)
+            for topic_filter, qos in retained:
+                self.router.send_retained(session, topic_filter, qos, identifier, now)
+
+        journal = durable(session.state)
+        if journal is None:
+            answer()
+        else:  # a durable session's SUBACK promises subscriptions that survive a crash
+            journal.after_commit(answer)
 
     def _subscribe_one(
         self, session: Session, sub: Subscription, identifier: int | None, now: float

@@ -99,6 +99,8 @@ class GroupCommitter:
         self.write_failures = 0
         self.ops_written = 0
         self._journal.wake = self._wake.set
+        if self._journal.pending():  # restore journaled (sessions connected at a crash)
+            self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Commit until ``stop`` is set, then commit what is left."""

@@ -14,7 +14,17 @@ from brokerkit import Client, Harness
 from bastion.broker.core import Broker
 from bastion.broker.journal import WriteAheadJournal
 from bastion.broker.restore import restore
-from bastion.mqtt.packets import Properties, Puback, Pubcomp, Pubrec, Pubrel, Will
+from bastion.mqtt.packets import (
+    Properties,
+    Puback,
+    Pubcomp,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Subscription,
+    Will,
+)
 from bastion.storage.records import (
     Op,
     StoredInbound,
@@ -130,16 +140,25 @@ class Durable:
         return fresh
 
 
-def _durable_sub(h: Harness, client_id: str = "sub", qos: int = 1, version: int = 5) -> Client:
-    client = h.connect(client_id, clean=False, expiry=3600, version=version)
-    client.subscribe("t/#", qos=qos)
+def _subscribe_durably(d: Durable, client: Client, topic_filter: str, qos: int) -> None:
+    """SUBSCRIBE from a durable session: its SUBACK waits for the commit."""
+    client.send(Subscribe(client.next_id(), (Subscription(topic_filter, qos),)))
+    assert client.take() == []
+    d.commit()
+    [suback] = client.take()
+    assert isinstance(suback, Suback) and suback.reason_codes == (qos,)
+
+
+def _durable_sub(d: Durable, client_id: str = "sub", qos: int = 1, version: int = 5) -> Client:
+    client = d.harness.connect(client_id, clean=False, expiry=3600, version=version)
+    _subscribe_durably(d, client, "t/#", qos)
     return client
 
 
 def test_puback_waits_for_the_commit_of_a_durable_copy() -> None:
     d = Durable()
     h = d.harness
-    _durable_sub(h).drop()  # offline: the message is queued for it
+    _durable_sub(d).drop()  # offline: the message is queued for it
     pub = h.connect("pub")
     pub.publish("t/1", b"m", qos=1, packet_id=7)
     assert pub.take() == []  # not yet: nothing promised before it is on disk
@@ -159,7 +178,7 @@ def test_puback_is_immediate_when_nothing_durable_is_involved() -> None:
 def test_acknowledgements_keep_their_order_behind_a_waiting_one() -> None:
     d = Durable()
     h = d.harness
-    _durable_sub(h).drop()
+    _durable_sub(d).drop()
     pub = h.connect("pub")
     pub.publish("t/1", b"durable", qos=1, packet_id=1)
     pub.publish("x/1", b"nobody", qos=1, packet_id=2)  # writes nothing, but must wait its turn
@@ -171,7 +190,7 @@ def test_acknowledgements_keep_their_order_behind_a_waiting_one() -> None:
 def test_a_failed_commit_refuses_with_its_reason_or_closes_a_311_client() -> None:
     d = Durable()
     h = d.harness
-    _durable_sub(h).drop()
+    _durable_sub(d).drop()
     pub = h.connect("pub")
     pub.publish("t/1", b"m", qos=1, packet_id=1)
     pub.publish("t/2", b"m", qos=2, packet_id=2)
@@ -188,7 +207,7 @@ def test_a_failed_commit_refuses_with_its_reason_or_closes_a_311_client() -> Non
 def test_queued_messages_and_session_present_survive_a_restart() -> None:
     d = Durable()
     h = d.harness
-    _durable_sub(h).drop()
+    _durable_sub(d).drop()
     pub = h.connect("pub")
     for i in range(3):
         pub.publish("t/a", f"m{i}".encode(), qos=1)
@@ -207,7 +226,7 @@ def test_queued_messages_and_session_present_survive_a_restart() -> None:
 def test_inflight_copies_are_resent_with_dup_and_the_same_packet_id() -> None:
     d = Durable()
     h = d.harness
-    sub = _durable_sub(h, qos=2)
+    sub = _durable_sub(d, qos=2)
     pub = h.connect("pub")
     pub.publish("t/x", b"once", qos=2, packet_id=5)
     assert sub.take_publishes() == []  # QoS 2 out: only once its packet id is durable
@@ -223,7 +242,7 @@ def test_inflight_copies_are_resent_with_dup_and_the_same_packet_id() -> None:
 def test_a_released_qos2_flow_resumes_with_pubrel_not_a_second_publish() -> None:
     d = Durable()
     h = d.harness
-    sub = _durable_sub(h, qos=2)
+    sub = _durable_sub(d, qos=2)
     h.connect("pub").publish("t/x", b"once", qos=2, packet_id=1)
     d.commit()
     [msg] = sub.take_publishes()
@@ -243,7 +262,7 @@ def test_a_released_qos2_flow_resumes_with_pubrel_not_a_second_publish() -> None
 def test_inbound_qos2_ids_survive_so_a_resent_publish_is_not_routed_twice() -> None:
     d = Durable()
     h = d.harness
-    sub = _durable_sub(h, qos=2)
+    sub = _durable_sub(d, qos=2)
     pub = h.connect("pub", clean=False, expiry=3600)
     pub.publish("t/x", b"once", qos=2, packet_id=9)
     d.commit()
@@ -270,7 +289,7 @@ def test_retained_messages_subscriptions_and_delayed_wills_survive() -> None:
     h.connect("pub").publish("r/t", b"kept", retain=True)
     will = Will("status/dev", b"offline", 1, True, Properties(will_delay_interval=60))
     dev = h.connect("dev", clean=False, expiry=3600, will=will)
-    dev.subscribe("cmd/#", qos=1)
+    _subscribe_durably(d, dev, "cmd/#", 1)
     dev.drop()  # the will waits 60 s
     d.commit()
     assert set(d.store.wills) == {"dev"}
@@ -313,7 +332,7 @@ def test_clean_sessions_and_qos0_write_nothing() -> None:
 
 def test_restore_into_a_broker_without_persistence_also_works() -> None:
     d = Durable()
-    _durable_sub(d.harness).drop()
+    _durable_sub(d).drop()
     d.harness.connect("pub").publish("t/a", b"m", qos=1)
     d.commit()
     plain = Broker(d.harness.settings, d.harness.broker.policy)
@@ -329,8 +348,8 @@ def test_every_batch_that_refers_to_a_message_also_stores_it() -> None:
     with a copy of a message carries the message too (once per batch)."""
     d = Durable()
     h = d.harness
-    _durable_sub(h, "a").drop()
-    _durable_sub(h, "b").drop()
+    _durable_sub(d, "a").drop()
+    _durable_sub(d, "b").drop()
     h.connect("pub").publish("t/1", b"m", qos=1)
     ops, actions = d.journal.take()
     assert [kind for kind, _ in ops].count("put_message") == 1  # two copies, one message
