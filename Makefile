@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint demo docs bench bench-quick bench-profile clean distclean
+.PHONY: help venv test lint demo docs bench bench-deps bench-quick bench-profile clean distclean
 
 help:
 	@echo "make venv       create .venv and install bastion[dev] (editable)"
@@ -47,13 +47,20 @@ docs: venv
 	$(BIN)/python scripts/gen_config_docs.py
 
 # Needs Debian's mosquitto (apt-get install mosquitto). Not part of `make test`.
-bench: venv
+# Debian's mosquitto (and mosquitto_passwd) is the reference broker; installed if missing.
+bench-deps:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
+	  { echo "installing Debian's mosquitto (the reference broker)"; \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq mosquitto mosquitto-clients; }
+
+bench: venv bench-deps
 	$(BIN)/python benchmarks/run.py
 
-bench-quick: venv
+bench-quick: venv bench-deps
 	$(BIN)/python benchmarks/run.py --quick
 
-bench-profile: venv
+bench-profile: venv bench-deps
 	$(BIN)/python benchmarks/run.py --profile --repeat 1
 
 clean:

@@ -174,7 +174,15 @@ class Broker:
         props = NO_PROPERTIES
         if packet.protocol_version >= _V5:
             props = connack_properties(result, packet, self.settings)
-        self.router.send(connection, Connack(present, ReasonCode.SUCCESS, props))
+        connack = Connack(present, ReasonCode.SUCCESS, props)
+        journal = durable(state)
+        if journal is not None and not present:
+            # A new durable session: CONNACK promises a session that survives a crash, so
+            # it waits for the commit, and everything else for the client waits behind it.
+            connection.held = []
+            journal.after_commit(lambda failure: self._release(connection, connack, failure))
+        else:
+            self.router.send(connection, connack)
         link.set_keep_alive(result.keep_alive)
         log.info(
             "client.connected",
@@ -187,6 +195,17 @@ class Broker:
             self.requests.cap(state.client_id, result.max_qos)
             self.router.resume(connection, now)
         return connection
+
+    def _release(self, connection: Session, connack: Connack, failure: int) -> None:
+        """The new durable session is committed (or not): CONNACK, then what waited."""
+        held, connection.held = connection.held or [], None
+        if failure:
+            if connection.open:
+                self._close(connection, failure)
+            return
+        self.router.send(connection, connack)
+        for packet in held:
+            self.router.send(connection, packet)
 
     def _new_client_id(self) -> str:
         while True:

@@ -78,6 +78,10 @@ class Router:
 
     def send(self, connection: Session, packet: Packet) -> bool:
         """Send ``packet`` on ``connection``'s link and count it; False if it was not sent."""
+        held = connection.held
+        if held is not None:  # its CONNACK waits for a commit: everything else waits too
+            held.append(packet)
+            return True
         sent = connection.link.send(packet)
         is_publish = isinstance(packet, Publish)
         if sent:

@@ -119,8 +119,10 @@ def restore(broker: Broker, stored: StoredState, now: float) -> RestoreReport:
             else:
                 skipped += 1  # over today's queue bounds
             continue
+        # The transmission the crash interrupted is not the client's failure: it does not
+        # count against max_delivery_attempts (the resend on reconnect counts it again).
         outbox.inflight[entry.packet_id] = Inflight(
-            entry.packet_id, delivery, entry.released, max(entry.attempts, 1)
+            entry.packet_id, delivery, entry.released, max(entry.attempts - 1, 0)
         )
         outbox.inflight_bytes += copy_of.size
         inflight += 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from bastion.broker.journal import Journal
 from bastion.broker.links import ClientLink
 from bastion.broker.messages import Delivery
-from bastion.mqtt.packets import Will
+from bastion.mqtt.packets import Packet, Will
 from bastion.security.policy import ClientIdentity
 
 NEVER_EXPIRES = 0xFFFFFFFF  # Session Expiry Interval meaning "the session does not expire"
@@ -249,6 +249,7 @@ class Session:
         "auth_method",
         "connect_expiry_interval",
         "deferred",
+        "held",
         "identity",
         "keep_alive",
         "link",
@@ -285,6 +286,7 @@ class Session:
         self.open = True
         self.auth_method: str | None = None  # MQTT 5 enhanced authentication used at CONNECT
         self.deferred = 0  # acknowledgements to this client waiting for a commit
+        self.held: list[Packet] | None = None  # packets queued behind a CONNACK not yet sent
 
     @property
     def client_id(self) -> str:

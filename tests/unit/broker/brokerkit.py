@@ -6,6 +6,7 @@ the test advances by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from bastion.broker.core import Broker
@@ -157,6 +158,7 @@ class Harness:
             on_security_event=self.events,
             journal=journal,
         )
+        self.after_connect: Callable[[], object] | None = None
         self.log = LogRecorder()
         self.broker.security.logger = self.log
         self.now = 100.0
@@ -232,6 +234,8 @@ class Harness:
             properties=properties,
         )
         session = self.broker.connect(link, packet, self.now, listener_max_qos=listener_max_qos)
+        if self.after_connect is not None:
+            self.after_connect()  # e.g. a group commit a durable session's CONNACK waits for
         return Client(self, link, session)
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from brokerkit import Client, Harness
+from brokerkit import Client, FakeLink, Harness
 
 from bastion.broker.core import Broker
 from bastion.broker.journal import WriteAheadJournal
 from bastion.broker.restore import restore
 from bastion.mqtt.packets import (
+    Connack,
+    Connect,
+    Pingreq,
+    Pingresp,
     Properties,
     Puback,
     Pubcomp,
@@ -115,6 +119,7 @@ class Durable:
     def __init__(self) -> None:
         self.journal = WriteAheadJournal(wall_offset=1_000_000.0)
         self.harness = Harness(journal=self.journal)
+        self.harness.after_connect = self.commit
         self.store = ModelStore()
 
     def commit(self, failure: int = 0) -> int:
@@ -133,6 +138,7 @@ class Durable:
         settings: dict[str, object] = dict(self.harness.settings.model_dump())
         settings["journal"] = journal
         fresh = Harness(None, **settings)
+        fresh.after_connect = self.commit
         fresh.now = self.harness.now + after
         restore(fresh.broker, self.store.load(), fresh.now)
         self.journal = journal
@@ -307,6 +313,21 @@ def test_retained_messages_subscriptions_and_delayed_wills_survive() -> None:
     assert [p.topic for p in back.take_publishes()] == ["cmd/open"]
 
 
+def test_a_new_durable_sessions_connack_waits_and_nothing_overtakes_it() -> None:
+    d = Durable()
+    h = d.harness
+    h.after_connect = None
+    link = FakeLink(protocol_version=5)
+    packet = Connect(5, "dev", clean_start=False, properties=Properties(session_expiry_interval=60))
+    session = h.broker.connect(link, packet, h.now)
+    assert session is not None and link.sent == []  # the session is not durable yet
+    h.broker.receive(session, Pingreq(), h.now)  # pipelined before the CONNACK
+    assert link.sent == []
+    d.commit()
+    assert [type(p) for p in link.sent] == [Connack, Pingresp]
+    assert d.store.sessions["dev"].expiry_interval == 60
+
+
 def test_an_expired_session_is_not_restored() -> None:
     d = Durable()
     h = d.harness
@@ -356,6 +377,24 @@ def test_every_batch_that_refers_to_a_message_also_stores_it() -> None:
     d.store.apply(ops)
     for action in actions:
         action(0)
+    h.after_connect = None  # a resumed session's CONNACK does not wait: look at the batch
     h.connect("a", clean=False, expiry=3600)  # the copy moves from queue to in flight
     ops, _ = d.journal.take()
     assert [kind for kind, _ in ops].count("put_message") == 1
+
+
+def test_broker_crashes_do_not_use_up_a_copys_delivery_attempts() -> None:
+    """max_delivery_attempts bounds resends a client provokes, not restarts of the broker."""
+    d = Durable()
+    h = d.harness
+    sub = _durable_sub(d, qos=1)
+    h.connect("pub").publish("t/x", b"kept", qos=1)
+    d.commit()
+    [first] = sub.take_publishes()
+    for _ in range(5):  # more restarts than max_delivery_attempts (3)
+        h = d.restart()
+        back = h.connect("sub", clean=False, expiry=3600)
+        [again] = back.take_publishes()
+        assert (again.payload, again.dup, again.packet_id) == (b"kept", True, first.packet_id)
+        d.commit()
+    assert h.stats.messages_dropped_redelivery == 0
