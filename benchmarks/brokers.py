@@ -1,12 +1,13 @@
 """The brokers under test: equivalent configurations, TLS/password/ACL files, start and stop.
 
 ``BrokerSetup`` says what a run needs beyond the shared ``[mqtt]`` settings (TLS 1.3, password
-file and ACL, Bastion's default or relaxed ``[limits]``); ``bastion_toml`` and
-``mosquitto_conf`` render it for each broker. ``Materials`` makes the dev PKI (``bastion pki
-init``), the password file (``mosquitto_passwd``: ``$7$`` hashes, which both brokers read) and
-the ACL file (Mosquitto syntax, which both read) once per benchmark run, in a scratch
-directory. ``start_broker`` starts a broker on a free loopback port, optionally Bastion under
-cProfile; ``BrokerProc.stop`` signals only that process. Used by ``benchmarks/run.py``.
+file and ACL, Bastion's default or relaxed ``[limits]``, persistence in a fresh data directory);
+``bastion_toml`` and ``mosquitto_conf`` render it for each broker. ``Materials`` makes the dev
+PKI (``bastion pki init``), the password file (``mosquitto_passwd``: ``$7$`` hashes, which both
+brokers read) and the ACL file (Mosquitto syntax, which both read) once per benchmark run, in
+a scratch directory. ``start_broker`` starts a broker on a free loopback port, optionally
+Bastion under cProfile; ``BrokerProc.stop`` signals only that process. Used by
+``benchmarks/run.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +39,9 @@ RELAXED_NOTE: Final = (
     "([limits] in the generated TOML) so its rate limiter does not cap the benchmark; "
     "Mosquitto has no such limits. Both: max_inflight_messages 32, max_queued_messages 1000, "
     "max_queued_bytes 16 MiB, max_packet_size 1 MiB, no persistence (Bastion: [storage] "
-    "enabled = false). Mosquitto keeps its default set_tcp_nodelay false (Nagle on); "
-    "Bastion's transports set TCP_NODELAY. For ms, "
-    "s and KiB rows lower is better."
+    "enabled = false; Mosquitto: persistence false) except in qos1_durable. Mosquitto keeps "
+    "its default set_tcp_nodelay false (Nagle on); Bastion's transports set TCP_NODELAY. For "
+    "ms, s and KiB rows lower is better."
 )
 
 BASTION_MQTT: Final = """\
@@ -61,17 +63,26 @@ flap_connects_per_client = 1000000
 flap_connects_per_ip = 1000000
 """
 
-BASTION_LOGGING: Final = """\
+BASTION_NO_STORAGE: Final = """\
 [storage]
 enabled = false
+"""
 
+# persistence on, with the defaults of sync ("full") and group commit; the master key is
+# created in the data directory on the first start (Bastion warns that it belongs elsewhere)
+BASTION_STORAGE: Final = """\
+[storage]
+enabled = true
+data_dir = {data_dir}
+"""
+
+BASTION_LOGGING: Final = """\
 [logging]
 level = "warning"
 format = "json"
 """
 
 MOSQUITTO_COMMON: Final = """\
-persistence false
 max_connections -1
 max_inflight_messages 32
 max_queued_messages 1000
@@ -92,6 +103,7 @@ class BrokerSetup:
     tls: bool = False  # a TLS 1.3 listener with the dev PKI's server certificate
     auth: bool = False  # password file and ACL file; anonymous clients refused
     default_limits: bool = False  # Bastion keeps its default [limits] (else relaxed)
+    persistence: bool = False  # Bastion [storage] on, Mosquitto persistence true; fresh dir
 
 
 @dataclass(slots=True)
@@ -153,7 +165,10 @@ def _q(path: Path) -> str:
     return json.dumps(str(path))
 
 
-def bastion_toml(port: int, setup: BrokerSetup, materials: Materials) -> str:
+def bastion_toml(
+    port: int, setup: BrokerSetup, materials: Materials, data_dir: Path | None = None
+) -> str:
+    """``data_dir``: where the database goes when ``setup.persistence`` (required then)."""
     listener = f'[[listeners]]\nhost = "{HOST}"\nport = {port}\n'
     if setup.tls:
         listener += (
@@ -168,10 +183,28 @@ def bastion_toml(port: int, setup: BrokerSetup, materials: Materials) -> str:
     else:
         security = "[security]\nallow_anonymous = true\n"
     limits = "" if setup.default_limits else BASTION_RELAXED_LIMITS + "\n"
-    return "\n".join((listener, security, BASTION_MQTT)) + "\n" + limits + BASTION_LOGGING
+    if setup.persistence:
+        if data_dir is None:
+            raise ValueError("persistence needs a data directory")
+        storage = BASTION_STORAGE.format(data_dir=_q(data_dir))
+    else:
+        storage = BASTION_NO_STORAGE
+    return (
+        "\n".join((listener, security, BASTION_MQTT))
+        + "\n"
+        + limits
+        + storage
+        + "\n"
+        + BASTION_LOGGING
+    )
 
 
-def mosquitto_conf(port: int, setup: BrokerSetup, materials: Materials) -> str:
+def mosquitto_conf(
+    port: int, setup: BrokerSetup, materials: Materials, data_dir: Path | None = None
+) -> str:
+    """``data_dir``: where mosquitto.db goes when ``setup.persistence`` (required then).
+    Mosquitto keeps its default autosave_interval (1800 s): it writes the database then and
+    at exit, not per message."""
     lines = [f"listener {port} {HOST}"]
     if setup.tls:
         lines += [
@@ -187,6 +220,12 @@ def mosquitto_conf(port: int, setup: BrokerSetup, materials: Materials) -> str:
         ]
     else:
         lines.append("allow_anonymous true")
+    if setup.persistence:
+        if data_dir is None:
+            raise ValueError("persistence needs a data directory")
+        lines += ["persistence true", f"persistence_location {data_dir}/"]
+    else:
+        lines.append("persistence false")
     if os.geteuid() == 0:
         lines.append("user root")
     return "\n".join(lines) + "\n" + MOSQUITTO_COMMON
@@ -205,6 +244,7 @@ class BrokerProc:
     log_path: Path
     log_file: IO[bytes]
     profile: Path | None = None  # cProfile output, written when Bastion exits
+    data_dir: Path | None = None  # persistence: this start's own, fresh data directory
 
     @property
     def pid(self) -> int:
@@ -260,19 +300,24 @@ def start_broker(
 ) -> BrokerProc:
     """Start a fresh broker on a free port and wait until it accepts TCP connections.
 
-    ``profile``: run Bastion under ``python -m cProfile -o PROFILE``. The broker inherits this
-    process's RLIMIT_NOFILE (raised to the hard limit by ``run.py``)."""
+    ``profile``: run Bastion under ``python -m cProfile -o PROFILE``. ``setup.persistence``:
+    the broker gets a new, empty data directory under ``workdir`` (mode 0700), never one of an
+    earlier start. The broker inherits this process's RLIMIT_NOFILE (raised to the hard limit
+    by ``run.py``)."""
     port = free_port()
     if setup.tls:
         materials.ensure_pki()
+    data_dir = None
+    if setup.persistence:
+        data_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-{port}-data-", dir=workdir))
     if kind == "bastion":
         config = workdir / f"bastion-{port}.toml"
-        config.write_text(bastion_toml(port, setup, materials))
+        config.write_text(bastion_toml(port, setup, materials, data_dir))
         prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
         cmd = [sys.executable, *prefix, "-m", "bastion", "serve", "-c", str(config)]
     else:
         config = workdir / f"mosquitto-{port}.conf"
-        config.write_text(mosquitto_conf(port, setup, materials))
+        config.write_text(mosquitto_conf(port, setup, materials, data_dir))
         cmd = [mosquitto_exe(), "-c", str(config)]
         profile = None
     log_path = workdir / f"{kind}-{port}.log"
@@ -290,7 +335,7 @@ def start_broker(
         )
     finally:
         os.sched_setaffinity(0, own)
-    broker = BrokerProc(kind, port, proc, log_path, log_file, profile)
+    broker = BrokerProc(kind, port, proc, log_path, log_file, profile, data_dir)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -313,6 +358,16 @@ def vm_rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def dir_size(path: Path) -> int:
+    """Bytes in the regular files under ``path`` (0 if it is gone)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+    return total
 
 
 def open_files_limit(pid: int) -> int:

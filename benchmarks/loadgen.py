@@ -2,10 +2,11 @@
 
 Packets are pre-encoded once; received data is counted by parsing only fixed headers and
 remaining lengths (plus the packet id of QoS 1 PUBLISHes, to acknowledge them). Clients may
-connect over TLS (``WorkerPlan.tls_ca``) and with a username and password. A worker process
-runs one *job*: the throughput ``WorkerPlan`` here, or the probes of ``probes.py``; the driver
-functions at the bottom start, release and collect them. Used by ``benchmarks/run.py``;
-imports nothing from Bastion. Loopback only, every phase bounded in time.
+connect over TLS (``WorkerPlan.tls_ca``), with a username and password, and with clean
+session 0 (a durable session). A worker process runs one *job*: the throughput ``WorkerPlan``
+here, or the probes of ``probes.py``; the driver functions at the bottom start, release and
+collect them. Used by ``benchmarks/run.py``; imports nothing from Bastion. Loopback only,
+every phase bounded in time.
 """
 
 from __future__ import annotations
@@ -56,9 +57,15 @@ def connect_packet(
     keepalive: int = KEEPALIVE,
     username: str | None = None,
     password: str | None = None,
+    clean_session: bool = True,
 ) -> bytes:
-    """MQTT 3.1.1 CONNECT, clean session, no will; credentials when given."""
-    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    """MQTT 3.1.1 CONNECT, no will; credentials when given. ``clean_session=False`` asks for
+    a durable session (clean session 0), which outlives the connection."""
+    flags = (
+        (0x02 if clean_session else 0)
+        | (0x80 if username is not None else 0)
+        | (0x40 if password is not None else 0)
+    )
     body = _utf8("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") + _utf8(client_id)
     if username is not None:
         body += _utf8(username)
@@ -95,6 +102,7 @@ class PublisherSpec:
     in_flight: int = 0  # QoS 1: messages kept unacknowledged; QoS 0: flood (0)
     username: str | None = None
     password: str | None = None
+    clean_session: bool = True  # False: MQTT 3.1.1 clean session 0 (a durable session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,7 @@ class SubscriberSpec:
     qos: int = 0
     username: str | None = None
     password: str | None = None
+    clean_session: bool = True  # False: MQTT 3.1.1 clean session 0 (a durable session)
 
 
 class Job(Protocol):
@@ -345,8 +354,10 @@ async def open_client(
     password: str | None = None,
     keepalive: int = KEEPALIVE,
     timeout: float = CONNECT_TIMEOUT,
+    clean_session: bool = True,
 ) -> Client:
-    """Connect (TLS when ``ssl_context``), send CONNECT, wait for a successful CONNACK."""
+    """Connect (TLS when ``ssl_context``), send CONNECT, wait for a successful CONNACK.
+    ``clean_session=False``: a durable session (MQTT 3.1.1 clean session 0)."""
     server_hostname = HOST if ssl_context is not None else None
     _, proto = await asyncio.wait_for(
         loop.create_connection(
@@ -355,7 +366,7 @@ async def open_client(
         timeout,
     )
     assert isinstance(proto, Client) and proto.transport is not None
-    proto.transport.write(connect_packet(client_id, keepalive, username, password))
+    proto.transport.write(connect_packet(client_id, keepalive, username, password, clean_session))
     code = await asyncio.wait_for(proto.connack, timeout)
     if code != 0:
         raise ConnectionError(f"{client_id}: CONNACK return code {code}")
@@ -392,6 +403,7 @@ async def _connect_all(
                 username=spec.username,
                 password=spec.password,
                 timeout=plan.connect_timeout,
+                clean_session=spec.clean_session,
             )
             assert client.transport is not None
             client.transport.write(subscribe_packet(1, spec.topic_filter, spec.qos))
@@ -410,6 +422,7 @@ async def _connect_all(
                 username=spec.username,
                 password=spec.password,
                 timeout=plan.connect_timeout,
+                clean_session=spec.clean_session,
             )
             assert client.transport is not None
             sock = client.transport.get_extra_info("socket")
@@ -595,8 +608,20 @@ def bytes_read(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc/<pid>/stat, in seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process from /proc/<pid>/stat, in seconds; with ``tid``, of that
+    one thread (/proc/<pid>/task/<tid>/stat; the main thread's tid is the pid)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, encoding="ascii") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def disk_bytes_written(pid: int) -> int:
+    """``write_bytes`` of /proc/<pid>/io: bytes the process (all its threads) caused to be
+    sent to the storage layer; 0 where the kernel keeps no I/O accounting."""
+    with open(f"/proc/{pid}/io", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0

@@ -1,5 +1,6 @@
-"""Reporting for ``benchmarks/run.py``: medians per (scenario, broker), the Markdown table,
-the machine and versions, and the cProfile summaries of ``--profile``."""
+"""Reporting for ``benchmarks/run.py``: medians per (scenario, broker), the figures of a
+scenario relative to its baseline scenario, the Markdown table, the machine and versions, and
+the cProfile summaries of ``--profile``."""
 
 from __future__ import annotations
 
@@ -52,6 +53,25 @@ def summarise(
     for key in scenario.primary:
         row[f"{key}_runs"] = [round(s[key], 3) for s in samples]
     return row
+
+
+def _figures(row: dict[str, object]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def relate(rows: list[dict[str, object]]) -> None:
+    """Add to each row whose scenario has a ``baseline`` the figures ``relate`` derives from
+    its medians and those of the baseline's row for the same broker, when that row exists."""
+    by = {(str(r["scenario"]), str(r["broker"])): r for r in rows}
+    for row in rows:
+        scenario = SCENARIOS[str(row["scenario"])]
+        base = by.get((scenario.baseline, str(row["broker"])))
+        if scenario.relate is not None and base is not None:
+            row.update(scenario.relate(_figures(row), _figures(base)))
 
 
 def machine() -> dict[str, object]:
@@ -108,6 +128,8 @@ def _fmt(x: float, unit: str) -> str:
         return f"{x:,.1f}"
     if unit == "pct":
         return f"{x:.1f} %"
+    if unit == "x":
+        return f"{x:.2f}"
     return f"{x:,.0f}"
 
 

@@ -12,6 +12,10 @@ Scenarios (``scenarios.py`` has the details):
 
 * ``fan_in``, ``fan_out``, ``qos1``: throughput (delivered and accepted msgs/s, per broker
   CPU-second).
+* ``qos1_durable``: qos1 with a durable subscriber (clean session 0) and persistence on
+  (Bastion ``[storage]`` with sync "full" and group commit, Mosquitto ``persistence true``),
+  each broker start in a fresh data directory; also each broker's ratio to its own qos1 rate
+  when qos1 is in the same run, its disk writes and its data directory's size.
 * ``latency``: one publisher at a paced 1,000 msgs/s, one subscriber: p50/p99/p99.9 ms.
 * ``connections``: 5,000 idle clients (500 with ``--quick``; ``--connections N``): time to
   connect them all and broker RSS per connection.
@@ -51,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
 from brokers import BROKERS, RELAXED_NOTE, Materials
-from report import machine, markdown, summarise, versions, write_profiles
+from report import machine, markdown, relate, summarise, versions, write_profiles
 from scenarios import SCENARIOS, TLS_CLIENTS_PER_WORKER, Bench, Sample
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -123,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = versions()  # before the runs: the commit the broker under test was started from
     rows: list[dict[str, object]] = []
+    unprinted: list[dict[str, object]] = []  # rows waiting for their baseline scenario
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as scratch:
         tmp = Path(args.keep_logs or scratch).resolve()
         tmp.mkdir(parents=True, exist_ok=True)
@@ -162,7 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind in args.broker_list:
                 row = summarise(name, kind, samples[kind], params)
                 rows.append(row)
+                unprinted.append(row)
+            relate(rows)
+            later = set(args.names[s_index + 1 :])
+            for row in [
+                r for r in unprinted if SCENARIOS[str(r["scenario"])].baseline not in later
+            ]:
                 print(json.dumps(row), flush=True)
+                unprinted.remove(row)
         if args.profile:
             for path in write_profiles(bench.profiles, args.profile_dir):
                 print(f"# wrote {path}", file=sys.stderr)

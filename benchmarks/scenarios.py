@@ -3,9 +3,11 @@
 A ``Scenario`` has ``run(bench, broker_kind, repeat_index) -> Sample`` (the figures of one run,
 as a flat dict of floats), the Markdown rows it contributes (``metrics``), the figures that a
 healthy run has above zero (``primary``, checked by the CI smoke test) and a note for the
-report. Throughput scenarios (fan_in, fan_out, qos1, and security, which runs fan_in with
-security off and on) drive ``loadgen.WorkerPlan`` workers; latency, connections, tls and
-flood drive the probes of ``probes.py``. Used by ``benchmarks/run.py``.
+report; a scenario with a ``baseline`` also gets figures relative to that scenario's row of the
+same broker in the same run (``relate``: qos1_durable over qos1). Throughput scenarios (fan_in,
+fan_out, qos1, qos1_durable, and security, which runs fan_in with security off and on) drive
+``loadgen.WorkerPlan`` workers; latency, connections, tls and flood drive the probes of
+``probes.py``. Used by ``benchmarks/run.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +23,15 @@ from pathlib import Path
 from typing import Final
 
 import loadgen
-from brokers import BrokerProc, BrokerSetup, Materials, open_files_limit, start_broker, vm_rss_kib
+from brokers import (
+    BrokerProc,
+    BrokerSetup,
+    Materials,
+    dir_size,
+    open_files_limit,
+    start_broker,
+    vm_rss_kib,
+)
 from loadgen import Job, PublisherSpec, SubscriberSpec, WorkerPlan, WorkerResult
 from probes import HandshakePlan, IdlePlan, LatencyPlan
 
@@ -60,7 +71,8 @@ class Bench:
 
 @dataclass(frozen=True, slots=True)
 class Metric:
-    """One Markdown row: ``unit`` is count, ms, s, kib, mib, pct or cpu (with ``key2``)."""
+    """One Markdown row: ``unit`` is count, ms, s, kib, mib, pct, x (a ratio) or cpu (with
+    ``key2``)."""
 
     label: str
     key: str
@@ -78,6 +90,9 @@ class Scenario:
     primary: tuple[str, ...]  # figures a healthy run has above zero
     note: str = ""
     derive: Callable[[dict[str, float]], dict[str, float]] | None = None  # from the medians
+    # figures relative to the row of scenario ``baseline``, same broker, same run (medians)
+    baseline: str = ""
+    relate: Callable[[dict[str, float], dict[str, float]], dict[str, float]] | None = None
 
 
 CPU_ROW: Final = Metric(
@@ -147,6 +162,9 @@ class Window:
     generator_cpu: float
     other_cpu: float  # CPU seconds of everything else on the machine (noise)
     broker_bytes_read: int
+    broker_disk_written: int  # write_bytes of /proc/<pid>/io: what went to the disk
+    broker_main_cpu: float  # CPU seconds of the broker's main thread (Bastion: its event loop)
+    data_dir_bytes: int  # the broker's data directory at the end of the window (persistence)
 
     def shares(self, suffix: str = "") -> Sample:
         """Broker, generator and other CPU per wall second in the window (cores)."""
@@ -174,17 +192,32 @@ def drive(
     loadgen.release(group, go)
     pids = [p.pid for p in group.procs if p.pid is not None]
     time.sleep(max(0.0, go + bench.warmup - time.monotonic()))
-    r0 = loadgen.bytes_read(broker.pid)
+    r0, d0 = loadgen.bytes_read(broker.pid), loadgen.disk_bytes_written(broker.pid)
+    m0 = loadgen.cpu_seconds(broker.pid, broker.pid)
     b0, g0, w0, s0 = loadgen.cpu_seconds(broker.pid), _cpu(pids), time.monotonic(), busy_seconds()
     time.sleep(max(0.0, go + bench.warmup + bench.duration - time.monotonic()))
     b1, g1, w1, s1 = loadgen.cpu_seconds(broker.pid), _cpu(pids), time.monotonic(), busy_seconds()
-    r1 = loadgen.bytes_read(broker.pid)
+    m1 = loadgen.cpu_seconds(broker.pid, broker.pid)
+    r1, d1 = loadgen.bytes_read(broker.pid), loadgen.disk_bytes_written(broker.pid)
+    stored = dir_size(broker.data_dir) if broker.data_dir is not None else 0
     results = loadgen.collect(group, COLLECT_TIMEOUT)  # the window is over: workers wrap up
     errors = [e for r in results for e in r.errors]
     if errors:
         raise RuntimeError(f"{broker.kind}: load generator errors: {errors}")
     other = (s1 - s0) - (b1 - b0) - (g1 - g0)
-    return Window(results, clients, connect_s, w1 - w0, b1 - b0, g1 - g0, other, r1 - r0)
+    return Window(
+        results,
+        clients,
+        connect_s,
+        w1 - w0,
+        b1 - b0,
+        g1 - g0,
+        other,
+        r1 - r0,
+        d1 - d0,
+        m1 - m0,
+        stored,
+    )
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
@@ -244,7 +277,7 @@ def throughput(
     offered = sum(r.published / (r.t1 - r.t0) for r in results)
     payload = bytes(PAYLOAD_SIZE)
     size = sum(len(loadgen.publish_packet(p.topic, payload, p.qos, 1)) for p in publishers)
-    return {
+    sample: Sample = {
         "delivered_per_s": sum(r.delivered / (r.t1 - r.t0) for r in results),
         "accepted_per_s": (
             window.broker_bytes_read / window.wall / (size / len(publishers))
@@ -258,6 +291,18 @@ def throughput(
         "clients": window.clients,
         "lost": sum(r.lost for r in results),
     }
+    if broker.data_dir is not None:  # persistence: what reached the disk during the window
+        # Bastion's main thread runs the event loop, its storage thread the group commits
+        sample["broker_main_thread_cpu_share"] = window.broker_main_cpu / window.wall
+        sample["broker_other_threads_cpu_share"] = max(
+            0.0, (window.broker_cpu - window.broker_main_cpu) / window.wall
+        )
+        written = window.broker_disk_written / window.wall
+        sample["disk_written_kib_per_s"] = written / 1024
+        accepted = sample["accepted_per_s"]
+        sample["disk_bytes_per_accepted"] = written / accepted if accepted > 0 else 0.0
+        sample["data_dir_kib_window"] = window.data_dir_bytes / 1024
+    return sample
 
 
 # ---------------------------------------------------------------------------------- throughput
@@ -269,6 +314,17 @@ def fan_in_clients(
     return (
         [PublisherSpec(f"pub-{i}", f"sensors/{i}/temp") for i in range(publishers)],
         [SubscriberSpec("sub-0", "sensors/#")],
+    )
+
+
+def qos1_clients(durable: bool = False) -> tuple[list[PublisherSpec], list[SubscriberSpec]]:
+    """10 QoS 1 publishers with 10 in flight each, one QoS 1 subscriber on qos1/#.
+    ``durable``: the subscriber asks for clean session 0. The publishers keep clean session
+    1 either way: for QoS 1 a broker keeps no session state of a publisher (the unacknowledged
+    messages are the client's state), so their flag changes nothing it must store."""
+    return (
+        [PublisherSpec(f"pub-{i}", f"qos1/{i}", qos=1, in_flight=10) for i in range(10)],
+        [SubscriberSpec("sub-0", "qos1/#", qos=1, clean_session=not durable)],
     )
 
 
@@ -293,6 +349,59 @@ def throughput_scenario(
         CPU_ROW,
     )
     return Scenario(name, description, run, metrics, ("delivered_per_s",))
+
+
+# ---------------------------------------------------------------------------------- durable
+
+
+def check_durable(kind: str, data_dir: Path, subscribers: Sequence[SubscriberSpec]) -> None:
+    """After the broker stopped: its data directory must hold what persistence promises.
+    Bastion: bastion.db with every subscriber's session and subscription (read-only, with
+    SQLite; client ids and topic filters are stored in the clear). Mosquitto: mosquitto.db,
+    which it writes at exit. Raises RuntimeError otherwise (a benchmark of a broker that
+    does not persist would measure the wrong thing)."""
+    name = "bastion.db" if kind == "bastion" else "mosquitto.db"
+    path = data_dir / name
+    if not path.is_file() or path.stat().st_size == 0:
+        found = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else []
+        raise RuntimeError(f"{kind}: no {name} in {data_dir} after the run (found {found})")
+    if kind != "bastion":
+        return
+    with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+        for spec in subscribers:
+            sessions = db.execute(
+                "SELECT count(*) FROM sessions WHERE client_id = ?", (spec.client_id,)
+            ).fetchone()[0]
+            subscriptions = db.execute(
+                "SELECT count(*) FROM subscriptions WHERE client_id = ? AND topic_filter = ?",
+                (spec.client_id, spec.topic_filter),
+            ).fetchone()[0]
+            if not sessions or not subscriptions:
+                raise RuntimeError(
+                    f"bastion: {path} has {sessions} session(s) and {subscriptions} "
+                    f"subscription(s) of durable subscriber {spec.client_id}, expected 1 each"
+                )
+
+
+def run_qos1_durable(bench: Bench, kind: str, repeat: int) -> Sample:
+    """qos1 with a durable subscriber on a broker persisting to a fresh data directory."""
+    publishers, subscribers = qos1_clients(durable=True)
+    setup = BrokerSetup(persistence=True)
+    with fresh_broker(bench, kind, setup, "qos1_durable") as broker:
+        sample = throughput(bench, broker, publishers, subscribers, accepted_from_reads=False)
+    assert broker.data_dir is not None
+    check_durable(kind, broker.data_dir, subscribers)
+    sample["data_dir_kib_after"] = dir_size(broker.data_dir) / 1024
+    return sample
+
+
+def own_ratio(durable: dict[str, float], plain: dict[str, float]) -> dict[str, float]:
+    """The broker's durable rates over its own non-durable (qos1) rates, same run."""
+    out = {}
+    for key, name in (("delivered_per_s", "own_ratio"), ("accepted_per_s", "own_ratio_accepted")):
+        base = plain.get(key, 0.0)
+        out[name] = round(durable.get(key, 0.0) / base, 3) if base > 0 else 0.0
+    return out
 
 
 # ---------------------------------------------------------------------------------- latency
@@ -543,6 +652,26 @@ SECURITY_NOTE: Final = (
     "Slowdown = 1 - on/off of the median delivered rates (target for Bastion: at most 20 %)."
 )
 
+QOS1_DURABLE_NOTE: Final = (
+    "qos1_durable: the qos1 traffic, but the subscriber connects with clean session 0 (a "
+    "durable session; the publishers keep clean session 1: for QoS 1 a broker holds no session "
+    "state of a publisher), and every broker start gets a fresh, empty data directory in the "
+    "run's scratch directory. Bastion: [storage] enabled = true with its defaults, sync = "
+    '"full" (fsync at every commit), group commit (at most every 5 ms or 256 writes) and '
+    "encryption at rest (AES-256-GCM); it PUBACKs a message only once it is committed and "
+    "fsynced for the durable subscriber. Mosquitto: persistence true with its default "
+    "autosave_interval (1800 s): it writes mosquitto.db only periodically and at exit, and "
+    "PUBACKs before anything reaches the disk, so it promises less (a crash loses what arrived "
+    "since the last save). Broker CPU per thread from /proc/<pid>/task/<tid>/stat: Bastion's "
+    "main thread runs its event loop, its other threads are mostly the storage thread (SQLite "
+    "and sealing); Mosquitto has one thread. Disk writes: write_bytes of /proc/<pid>/io over "
+    "the window per accepted message; data directory: the broker's files after it stopped (a "
+    "run fails unless bastion.db holds the subscriber's session and subscription, or "
+    "mosquitto.db exists). Own ratio: the broker's delivered msgs/s here over its delivered "
+    "msgs/s in qos1 of the same run, n/a when qos1 did not run (target for Bastion: at least "
+    "0.5)."
+)
+
 SCENARIOS: Final = {
     s.name: s
     for s in (
@@ -567,12 +696,40 @@ SCENARIOS: Final = {
         throughput_scenario(
             "qos1",
             "10 publishers QoS 1, 10 messages in flight each (64 bytes), 1 QoS 1 subscriber",
-            lambda: (
-                [PublisherSpec(f"pub-{i}", f"qos1/{i}", qos=1, in_flight=10) for i in range(10)],
-                [SubscriberSpec("sub-0", "qos1/#", qos=1)],
-            ),
+            qos1_clients,
             ("delivered msgs/s", "accepted (PUBACKed) msgs/s"),
             False,
+        ),
+        Scenario(
+            "qos1_durable",
+            "qos1 with persistence on: the subscriber has a durable session (clean session 0); "
+            "Bastion [storage] enabled (sync full, default group commit), Mosquitto "
+            "persistence true",
+            run_qos1_durable,
+            (
+                Metric("delivered msgs/s", "delivered_per_s"),
+                Metric("accepted (PUBACKed) msgs/s", "accepted_per_s"),
+                Metric("delivered per broker CPU-second", "delivered_per_broker_cpu_s"),
+                CPU_ROW,
+                Metric(
+                    "broker CPU: main thread / other threads (cores)",
+                    "broker_main_thread_cpu_share",
+                    "cpu",
+                    False,
+                    "broker_other_threads_cpu_share",
+                ),
+                Metric("durable / non-durable (own ratio)", "own_ratio", "x", False),
+                Metric(
+                    "disk writes in the window (bytes per accepted msg)",
+                    "disk_bytes_per_accepted",
+                    ratio=False,
+                ),
+                Metric("data directory after stop (KiB)", "data_dir_kib_after", "kib", False),
+            ),
+            ("delivered_per_s", "accepted_per_s", "data_dir_kib_after"),
+            QOS1_DURABLE_NOTE,
+            baseline="qos1",
+            relate=own_ratio,
         ),
         Scenario(
             "latency",

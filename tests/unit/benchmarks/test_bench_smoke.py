@@ -30,6 +30,8 @@ PRIMARY: Final = {
     "fan_in": ("delivered_per_s", "accepted_per_s"),
     "fan_out": ("delivered_per_s", "accepted_per_s"),
     "qos1": ("delivered_per_s", "accepted_per_s"),
+    # own_ratio: relative to qos1 of the same run; the data directory: persistence wrote it
+    "qos1_durable": ("delivered_per_s", "accepted_per_s", "own_ratio", "data_dir_kib_after"),
     "latency": ("received", "delivered_per_s", "p50_ms", "p99_ms"),
     "connections": ("connected", "connections_per_s", "connect_s"),
     "tls": ("handshakes_per_s", "handshakes_per_broker_cpu_s"),
