@@ -47,8 +47,6 @@ MQTT reason code to answer with: 0x97 when the store is full, 0x80 otherwise).""
 
 DURABLE = 0
 
-_WRITTEN_KEPT = 65_536  # message ids already in this batch (a fuller batch writes some twice)
-
 
 class Journal:
     """What the core writes through; this base class is the memory-only journal."""
@@ -97,31 +95,15 @@ class Journal:
         attempts: int = 0,
         packet_id: int | None = None,
         released: bool = False,
+        created: bool = False,
     ) -> None:
-        """A copy of a message queued for, or in flight to, a durable session."""
-        message = delivery.message
-        self.message(message)
-        group = delivery.group
-        self.add(
-            (
-                "put_outbox",
-                StoredOutboxEntry(
-                    client_id,
-                    message.ident,
-                    group is not None,
-                    delivery.qos,
-                    delivery.retain,
-                    delivery.subscription_ids,
-                    attempts,
-                    packet_id,
-                    released,
-                    None if group is None else f"$share/{group.name}/{group.topic_filter}",
-                ),
-            )
-        )
+        """A copy of a message queued for, or in flight to, a durable session (``created``:
+        the copy is new, so no stored row can exist for it before this batch)."""
+        self.message(delivery.message)
+        self.add(("put_outbox", _entry(client_id, delivery, attempts, packet_id, released)))
 
     def copy_done(self, client_id: str, delivery: Delivery) -> None:
-        self.add(("delete_outbox", (client_id, delivery.message.ident, delivery.group is not None)))
+        self.add(("delete_outbox", _copy_key(client_id, delivery)))
 
     def inbound(self, client_id: str, packet_id: int, *, done: bool = False) -> None:
         record = StoredInbound(client_id, packet_id)
@@ -163,8 +145,16 @@ class WriteAheadJournal(Journal):
         self.ops: list[Op] = []
         self.actions: list[Action] = []
         self._count = 0
-        self._written: dict[int, None] = {}
         self.wake = wake  # called when the first op or action of a batch arrives
+        # Within the current batch: where each message's put_message op is, how many of the
+        # batch's ops refer to it, the ops of each copy created in this batch, and the copies
+        # any op touched. A copy created and finished in one batch (an online durable
+        # subscriber acknowledged it before the commit) cancels out: neither its rows nor, if
+        # nothing else refers to it, its message are written.
+        self._message_at: dict[int, int] = {}
+        self._refs: dict[int, int] = {}
+        self._fresh: dict[_CopyKey, list[int]] = {}
+        self._touched: set[_CopyKey] = set()
 
     def changes(self) -> int:
         return self._count
@@ -187,20 +177,20 @@ class WriteAheadJournal(Journal):
         # Each batch stores the messages its copies refer to (a repeat is ignored by the
         # store): the store may purge a message between two batches once nothing refers to
         # it, so "written before" cannot be trusted across batches.
-        self._written.clear()
-        return ops, actions
+        self._message_at.clear()
+        self._refs.clear()
+        self._fresh.clear()
+        self._touched.clear()
+        return [op for op in ops if op is not _CANCELLED], actions
 
     def pending(self) -> bool:
         return bool(self.ops or self.actions)
 
     def message(self, message: Message) -> None:
         ident = message.ident
-        written = self._written
-        if ident in written:
+        self._refs[ident] = self._refs.get(ident, 0) + 1
+        if ident in self._message_at:
             return
-        if len(written) >= _WRITTEN_KEPT:
-            del written[next(iter(written))]
-        written[ident] = None
         self.add(
             (
                 "put_message",
@@ -216,6 +206,78 @@ class WriteAheadJournal(Journal):
                 ),
             )
         )
+        self._message_at[ident] = len(self.ops) - 1
+
+    def copy(
+        self,
+        client_id: str,
+        delivery: Delivery,
+        *,
+        attempts: int = 0,
+        packet_id: int | None = None,
+        released: bool = False,
+        created: bool = False,
+    ) -> None:
+        key = _copy_key(client_id, delivery)
+        super().copy(
+            client_id,
+            delivery,
+            attempts=attempts,
+            packet_id=packet_id,
+            released=released,
+        )
+        at = len(self.ops) - 1
+        fresh = self._fresh.get(key)
+        if fresh is not None:
+            fresh.append(at)
+        elif created and key not in self._touched:
+            self._fresh[key] = [at]
+        self._touched.add(key)
+
+    def copy_done(self, client_id: str, delivery: Delivery) -> None:
+        key = _copy_key(client_id, delivery)
+        fresh = self._fresh.pop(key, None)
+        if fresh is None:
+            super().copy_done(client_id, delivery)
+            self._touched.add(key)
+            return
+        ops = self.ops
+        for at in fresh:  # never stored: nothing to delete either
+            ops[at] = _CANCELLED
+        ident = delivery.message.ident
+        refs = self._refs.get(ident, 0) - len(fresh)
+        self._refs[ident] = refs
+        message_at = self._message_at.get(ident)
+        if refs <= 0 and message_at is not None:
+            ops[message_at] = _CANCELLED
+            del self._message_at[ident]
+
+
+_CopyKey = tuple[str, int, bool]
+_CANCELLED: Op = ("put_message", None)  # a placeholder ``take`` drops (compared by identity)
+
+
+def _copy_key(client_id: str, delivery: Delivery) -> _CopyKey:
+    return (client_id, delivery.message.ident, delivery.group is not None)
+
+
+def _entry(
+    client_id: str, delivery: Delivery, attempts: int, packet_id: int | None, released: bool
+) -> StoredOutboxEntry:
+    message = delivery.message
+    group = delivery.group
+    return StoredOutboxEntry(
+        client_id,
+        message.ident,
+        group is not None,
+        delivery.qos,
+        delivery.retain,
+        delivery.subscription_ids,
+        attempts,
+        packet_id,
+        released,
+        None if group is None else f"$share/{group.name}/{group.topic_filter}",
+    )
 
 
 def _property_block(message: Message) -> bytes:

@@ -108,7 +108,9 @@ class Outbox:
         self.inflight[packet_id] = item
         self.inflight_bytes += delivery.message.size
         if self.journal is not None:
-            self.journal.copy(self.owner, delivery, attempts=attempts, packet_id=packet_id)
+            self.journal.copy(
+                self.owner, delivery, attempts=attempts, packet_id=packet_id, created=True
+            )
         return item
 
     def touch(self, item: Inflight) -> None:
@@ -149,7 +151,7 @@ class Outbox:
         queue.append(delivery)
         self.queued_bytes += size
         if self.journal is not None:
-            self.journal.copy(self.owner, delivery)
+            self.journal.copy(self.owner, delivery, created=True)
         return True
 
     def dequeue(self) -> Delivery:

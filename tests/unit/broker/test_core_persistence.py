@@ -398,3 +398,37 @@ def test_broker_crashes_do_not_use_up_a_copys_delivery_attempts() -> None:
         assert (again.payload, again.dup, again.packet_id) == (b"kept", True, first.packet_id)
         d.commit()
     assert h.stats.messages_dropped_redelivery == 0
+
+
+def test_a_copy_acknowledged_before_the_commit_is_never_written() -> None:
+    """Online durable subscriber, QoS 1: the copy and its message cancel out within the batch,
+    yet the publisher's PUBACK still waits for the commit."""
+    d = Durable()
+    h = d.harness
+    sub = _durable_sub(d, qos=1)
+    pub = h.connect("pub")
+    pub.publish("t/a", b"fast", qos=1, packet_id=4)
+    [msg] = sub.take_publishes()
+    sub.ack(msg)  # before the group commit
+    assert pub.take() == []
+    ops, actions = d.journal.take()
+    assert [kind for kind, _ in ops if kind in ("put_message", "put_outbox")] == []
+    assert [kind for kind, _ in ops if kind == "delete_outbox"] == []
+    for action in actions:
+        action(0)
+    assert pub.take() == [Puback(4)]
+    h2 = d.restart()  # nothing is owed to the subscriber after a crash
+    back = h2.connect("sub", clean=False, expiry=3600)
+    assert back.take_publishes() == []
+
+
+def test_a_copy_stored_in_an_earlier_batch_is_still_deleted() -> None:
+    d = Durable()
+    h = d.harness
+    sub = _durable_sub(d, qos=1)
+    h.connect("pub").publish("t/a", b"slow", qos=1)
+    d.commit()  # the in-flight copy is stored
+    [msg] = sub.take_publishes()
+    sub.ack(msg)
+    ops, _ = d.journal.take()
+    assert [kind for kind, _ in ops] == ["delete_outbox"]
