@@ -155,6 +155,9 @@ class WriteAheadJournal(Journal):
         self._refs: dict[int, int] = {}
         self._fresh: dict[_CopyKey, list[int]] = {}
         self._touched: set[_CopyKey] = set()
+        # A delete the next put of the same copy makes redundant (the put replaces the row):
+        # a queued copy that starts its flight in the same batch is written once, not twice.
+        self._deleted_at: dict[_CopyKey, int] = {}
 
     def changes(self) -> int:
         return self._count
@@ -181,6 +184,7 @@ class WriteAheadJournal(Journal):
         self._refs.clear()
         self._fresh.clear()
         self._touched.clear()
+        self._deleted_at.clear()
         return [op for op in ops if op is not _CANCELLED], actions
 
     def pending(self) -> bool:
@@ -219,6 +223,9 @@ class WriteAheadJournal(Journal):
         created: bool = False,
     ) -> None:
         key = _copy_key(client_id, delivery)
+        deleted = self._deleted_at.pop(key, None)
+        if deleted is not None:
+            self.ops[deleted] = _CANCELLED
         super().copy(
             client_id,
             delivery,
@@ -240,6 +247,7 @@ class WriteAheadJournal(Journal):
         if fresh is None:
             super().copy_done(client_id, delivery)
             self._touched.add(key)
+            self._deleted_at[key] = len(self.ops) - 1
             return
         ops = self.ops
         for at in fresh:  # never stored: nothing to delete either

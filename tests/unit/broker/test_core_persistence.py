@@ -381,6 +381,8 @@ def test_every_batch_that_refers_to_a_message_also_stores_it() -> None:
     h.connect("a", clean=False, expiry=3600)  # the copy moves from queue to in flight
     ops, _ = d.journal.take()
     assert [kind for kind, _ in ops].count("put_message") == 1
+    # the queue row is replaced by the in-flight row: one upsert, no delete before it
+    assert [kind for kind, _ in ops if kind.endswith("_outbox")] == ["put_outbox"]
 
 
 def test_broker_crashes_do_not_use_up_a_copys_delivery_attempts() -> None:
