@@ -146,11 +146,12 @@ class WriteAheadJournal(Journal):
         self.actions: list[Action] = []
         self._count = 0
         self.wake = wake  # called when the first op or action of a batch arrives
-        # Within the current batch: where each message's put_message op is, how many of the
-        # batch's ops refer to it, the ops of each copy created in this batch, and the copies
-        # any op touched. A copy created and finished in one batch (an online durable
-        # subscriber acknowledged it before the commit) cancels out: neither its rows nor, if
-        # nothing else refers to it, its message are written.
+        # Within the current batch: where each message's put_message op is, how many new
+        # references (copies created, retained) the batch makes to it, the ops of each copy
+        # created in this batch, and the copies any op touched. A copy created and finished
+        # in one batch (an online durable subscriber acknowledged it before the commit)
+        # cancels out: neither its rows nor, if nothing else refers to it, its message are
+        # written.
         self._message_at: dict[int, int] = {}
         self._refs: dict[int, int] = {}
         self._fresh: dict[_CopyKey, list[int]] = {}
@@ -177,9 +178,10 @@ class WriteAheadJournal(Journal):
         """The batch to commit now (a new one starts empty)."""
         ops, actions = self.ops, self.actions
         self.ops, self.actions = [], []
-        # Each batch stores the messages its copies refer to (a repeat is ignored by the
+        # Each batch stores the messages its new copies refer to (a repeat is ignored by the
         # store): the store may purge a message between two batches once nothing refers to
-        # it, so "written before" cannot be trusted across batches.
+        # it, so "written before" cannot be trusted across batches. A change of an existing
+        # copy needs none: its stored row keeps the message.
         self._message_at.clear()
         self._refs.clear()
         self._fresh.clear()
@@ -224,20 +226,17 @@ class WriteAheadJournal(Journal):
     ) -> None:
         key = _copy_key(client_id, delivery)
         deleted = self._deleted_at.pop(key, None)
-        if deleted is not None:
+        if deleted is not None:  # the row lives on (a queued copy starts its flight)
             self.ops[deleted] = _CANCELLED
-        super().copy(
-            client_id,
-            delivery,
-            attempts=attempts,
-            packet_id=packet_id,
-            released=released,
-        )
+        elif created:  # a new reference: its message must be in the same batch
+            self.message(delivery.message)
+        # (A change of an existing copy needs no message: the copy's stored row keeps it.)
+        self.add(("put_outbox", _entry(client_id, delivery, attempts, packet_id, released)))
         at = len(self.ops) - 1
         fresh = self._fresh.get(key)
         if fresh is not None:
             fresh.append(at)
-        elif created and key not in self._touched:
+        elif created and deleted is None and key not in self._touched:
             self._fresh[key] = [at]
         self._touched.add(key)
 
@@ -253,7 +252,7 @@ class WriteAheadJournal(Journal):
         for at in fresh:  # never stored: nothing to delete either
             ops[at] = _CANCELLED
         ident = delivery.message.ident
-        refs = self._refs.get(ident, 0) - len(fresh)
+        refs = self._refs.get(ident, 0) - 1  # its creation was the one reference it made
         self._refs[ident] = refs
         message_at = self._message_at.get(ident)
         if refs <= 0 and message_at is not None:

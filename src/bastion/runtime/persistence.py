@@ -4,7 +4,10 @@
 is off) and loads the durable state; ``GroupCommitter`` then writes the broker's journal in
 batches on one storage thread — at most every ``group_commit_interval_ms`` or as soon as
 ``group_commit_max_batch`` ops wait — and runs the acknowledgements that waited for each
-batch. Purging, key refresh and background re-encryption run on the same thread.
+batch. A batch is durable once appended to the store's journal; about once a second (or
+after ``CHECKPOINT_OPS`` ops) a checkpoint folds the journal into the tables, where most of a
+busy second's copies have cancelled out. Purging, key refresh and background re-encryption
+run on the same thread.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from bastion.storage.sqlite import open_store_from_settings
 log = structlog.get_logger("bastion.storage")
 
 MAINTENANCE_INTERVAL = 5.0  # seconds between key refreshes / re-encryption steps
+CHECKPOINT_INTERVAL = 1.0  # seconds between checkpoints while commits come
+CHECKPOINT_OPS = 200_000  # or sooner, once this many ops wait (bounds the fold's memory)
 PURGE_BATCH = 1000
 REKEY_BATCH = 200
 REKEY_STEPS = 250  # at most 50,000 records per maintenance round
@@ -98,6 +103,9 @@ class GroupCommitter:
         self.commits = 0
         self.write_failures = 0
         self.ops_written = 0
+        self.checkpoints = 0
+        self._uncheckpointed = 0  # ops appended since the last checkpoint
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
         self._journal.wake = self._wake.set
         if self._journal.pending():  # restore journaled (sessions connected at a crash)
             self._wake.set()
@@ -110,9 +118,17 @@ class GroupCommitter:
             while not stop.is_set():
                 waiter = loop.create_task(self._wake.wait())
                 stopper = loop.create_task(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                idle = None  # with ops not yet checkpointed, wait no longer than the next one
+                if self._uncheckpointed:
+                    idle = max(0.0, self._next_checkpoint - time.monotonic())
+                done, _ = await asyncio.wait(
+                    {waiter, stopper}, timeout=idle, return_when=asyncio.FIRST_COMPLETED
+                )
                 waiter.cancel()
                 stopper.cancel()
+                if not done:  # quiet: fold what the last commits left into the tables
+                    await self._checkpoint()
+                    continue
                 self._wake.clear()
                 if len(self._journal.ops) < self._max_batch:
                     await asyncio.sleep(self._interval)  # let a batch gather
@@ -150,6 +166,23 @@ class GroupCommitter:
                     action(failure)
                 except Exception:  # one client's action must not stop the others
                     log.exception("storage.action_failed")
+            if failure == DURABLE:
+                self._uncheckpointed += len(ops)
+            if self._uncheckpointed and (
+                self._uncheckpointed >= CHECKPOINT_OPS or time.monotonic() >= self._next_checkpoint
+            ):
+                await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Fold the journal into the tables (after the acks: they waited only for the append)."""
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._store.checkpoint)
+        except StorageError as exc:  # the journal keeps everything; the next one retries
+            log.warning("storage.checkpoint_failed", error=str(exc))
+            return
+        self._uncheckpointed = 0
+        self.checkpoints += 1
 
     async def _maintain(self, stop: asyncio.Event) -> None:
         """Purge, pick up rotated keys and re-encrypt old records, a little at a time."""

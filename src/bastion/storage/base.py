@@ -63,11 +63,23 @@ class Store(Protocol):
     """
 
     def apply(self, ops: Sequence[Op]) -> None:
-        """Apply ``ops`` in order in one durable transaction; on error nothing is applied.
+        """Make ``ops`` durable in one transaction; on error nothing is applied.
 
-        Payloads, property blocks and usernames are sealed. Meant for group commit: one call
-        per batch of up to a few thousand ops.
+        Everything is sealed. Meant for group commit: one call per batch of up to a few
+        thousand ops. What ``load`` returns includes them at once, what ``purge`` and
+        ``stats`` see only after the next ``checkpoint``.
         """
+        ...
+
+    def checkpoint(self) -> int:
+        """Fold what ``apply`` made durable since the last checkpoint into the tables (ops
+        that cancel out, such as a copy created and acknowledged in between, write nothing);
+        returns how many ops were written. Call it about once a second."""
+        ...
+
+    @property
+    def pending_checkpoint(self) -> int:
+        """Ops applied since the last checkpoint."""
         ...
 
     def load(self) -> StoredState:

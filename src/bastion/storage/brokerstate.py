@@ -1,8 +1,16 @@
-"""The broker's state in the database: batches of ``records.Op`` applied in one transaction,
-everything loaded back at start, and the purge of messages nothing refers to any more.
+"""The broker's state in the database: batches of ``records.Op`` made durable, everything
+loaded back at start, and the purge of messages nothing refers to any more.
 
-``SqliteStore`` offers these as ``apply``/``load``/``purge``/``stats`` (``base.Store``); the
-tables are ``schema.py``'s, the rows and statements of each op kind ``brokerops.py``'s.
+A batch is made durable by appending it to the journal: one sealed row per group commit
+(``oplog.py``), so a commit costs one seal and one insert however many messages it holds.
+The batches are also folded in memory (``opfold.py``); a checkpoint writes the folded
+remainder to the tables and deletes the journal rows it covers, in one transaction. A copy
+created and acknowledged between two checkpoints never reaches the tables. After a crash,
+``load`` first replays the journal the same way.
+
+``SqliteStore`` offers these as ``apply``/``checkpoint``/``load``/``purge``/``stats``
+(``base.Store``); the tables are ``schema.py``'s, the rows and statements of each op kind
+``brokerops.py``'s.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ import structlog
 from bastion.storage.brokerops import Row, open_username, write_batch
 from bastion.storage.crypto import KeyRing, PrimaryKey, pack_key
 from bastion.storage.database import Database, get_meta, set_meta
-from bastion.storage.errors import KeyRetiredError
+from bastion.storage.errors import KeyRetiredError, StorageError
+from bastion.storage.opfold import OpFold
+from bastion.storage.oplog import decode_ops, encode_ops
 from bastion.storage.records import (
     Op,
     StoredInbound,
@@ -28,7 +38,7 @@ from bastion.storage.records import (
     StoredSubscription,
     StoredWill,
 )
-from bastion.storage.schema import BROKER_TABLES, MSG_ID_HIGH
+from bastion.storage.schema import BROKER_TABLES, JOURNAL, JOURNAL_SEQ, MSG_ID_HIGH
 
 __all__ = ["PURGE_CHUNK", "BrokerState", "KeyHolder"]
 
@@ -120,35 +130,117 @@ class BrokerState:
         self._database = database
         self._keys = keys
         self._msg_id_high: int | None = None  # MSG_ID_HIGH as stored; None: not read yet
-        # Every put_message raises MSG_ID_HIGH in its transaction, so it covers every msg_id
-        # the messages table ever held, purged ones included.
+        # A checkpoint raises MSG_ID_HIGH to every msg_id it folded (written or cancelled),
+        # so it covers every msg_id the messages table ever held, purged ones included; the
+        # journal's ids are covered by the replay at load.
+        self._fold = OpFold()
+        self._seq: int | None = None  # the last journal seq used; None: not read yet
 
-    # ------------------------------------------------------------- apply
+    # ------------------------------------------------------------- apply, checkpoint
 
     def apply(self, ops: Sequence[Op]) -> None:
-        """Apply ``ops`` in order in one write transaction: all of them, or none.
+        """Make ``ops`` durable in one write transaction (one journal row): all, or none.
 
-        Ops on different rows commute, so they are gathered into one ``executemany`` per
-        kind (``brokerops.write_batch``), in order wherever they touch the same row. A data
-        key retired meanwhile by another process is picked up and the batch retried once.
+        A data key retired meanwhile by another process is picked up and the batch retried
+        once. The ops reach the tables at the next ``checkpoint``.
         """
         if not ops:
             return
+        blob = encode_ops(ops)  # checks every op before anything is written
         try:
-            high = self._apply_once(ops)
+            self._append(blob)
         except KeyRetiredError:
             if not self._keys.refresh_keys():
                 raise
-            high = self._apply_once(ops)
-        self._msg_id_high = high
+            self._append(blob)
+        self._fold.add(ops)
 
-    def _apply_once(self, ops: Sequence[Op]) -> int:
+    def _append(self, blob: bytes) -> None:
         with self._database.transaction() as connection:
+            seq = self._last_seq(connection) + 1
+            key_id, sealed = self._keys.keyring.seal(
+                JOURNAL.name, JOURNAL.pk_of((seq,)), blob, column="ops"
+            )
+            connection.execute(
+                "INSERT INTO journal (seq, key_id, ops) VALUES (?, ?, ?)", (seq, key_id, sealed)
+            )
+        self._seq = seq
+
+    def _last_seq(self, connection: sqlite3.Connection) -> int:
+        if self._seq is None:
+            row = connection.execute("SELECT MAX(seq) FROM journal").fetchone()
+            self._seq = max(int(row[0] or 0), int(get_meta(connection, JOURNAL_SEQ) or 0))
+        return self._seq
+
+    @property
+    def folded(self) -> int:
+        """Ops appended since the last checkpoint (what the tables do not show yet)."""
+        return self._fold.ops
+
+    def checkpoint(self) -> int:
+        """Write what the journal adds up to into the tables and empty it; returns the ops
+        written (the folded remainder). One transaction: on error nothing changes and the
+        journal still holds everything."""
+        if not self._fold:
+            return 0
+        try:
+            written = self._checkpoint_once()
+        except KeyRetiredError:
+            if not self._keys.refresh_keys():
+                raise
+            written = self._checkpoint_once()
+        self._fold.clear()
+        return written
+
+    def _checkpoint_once(self) -> int:
+        net = self._fold.net()
+        with self._database.transaction() as connection:
+            seq = self._last_seq(connection)
             stored = self._stored_high(connection)
-            high = write_batch(connection, self._keys.keyring, ops, stored)
+            high = write_batch(connection, self._keys.keyring, net, stored)
+            high = max(high, self._fold.highest_message())
             if high > stored:
                 set_meta(connection, MSG_ID_HIGH, str(high))
-        return high
+            connection.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+            set_meta(connection, JOURNAL_SEQ, str(seq))
+        self._msg_id_high = high
+        return len(net)
+
+    def _replay(self) -> int:
+        """Fold the journal left by the last run (a crash) into the tables; returns how many
+        rows failed authentication or decoding (reported, and their batches skipped)."""
+        with self._database.snapshot() as connection:
+            rows = connection.execute(
+                "SELECT seq, key_id, CAST(ops AS BLOB) FROM journal ORDER BY seq"
+            ).fetchall()
+        if not rows:
+            return 0
+        skipped = 0
+        for seq, key_id, blob in rows:
+            plain = self._open(JOURNAL.name, "ops", JOURNAL.pk_of((seq,)), key_id, blob)
+            try:
+                if plain is None:
+                    raise StorageError("failed authentication")
+                self._fold.add(decode_ops(plain))
+            except StorageError as error:
+                skipped += 1
+                log.error("storage.journal_record_skipped", seq=seq, error=str(error))
+        self._seq = None  # read again: the rows read are what the checkpoint removes
+        folded = self._fold.ops
+        if self._fold:
+            written = self.checkpoint()
+        else:  # every row skipped: reported, and not replayed again at the next start
+            written = 0
+            self._clear_journal()
+        log.info("storage.journal_replayed", batches=len(rows), ops=folded, written=written)
+        return skipped
+
+    def _clear_journal(self) -> None:
+        """Remove journal rows when nothing in them could be folded (all skipped)."""
+        with self._database.transaction() as connection:
+            seq = self._last_seq(connection)
+            connection.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+            set_meta(connection, JOURNAL_SEQ, str(seq))
 
     def _stored_high(self, connection: sqlite3.Connection) -> int:
         if self._msg_id_high is None:
@@ -167,6 +259,8 @@ class BrokerState:
         session. ``next_msg_id`` is above every msg_id ever stored, purged ones included.
         """
         self._keys.refresh_keys()
+        self.checkpoint()
+        skipped = self._replay()
         with self._database.snapshot() as connection:
             raw = _Snapshot(
                 sessions=connection.execute(_SELECT_SESSIONS).fetchall(),
@@ -180,7 +274,7 @@ class BrokerState:
                 highest=int(connection.execute(_SELECT_HIGHEST).fetchone()[0]),
             )
         self._msg_id_high = raw.stored_high
-        state = StoredState(next_msg_id=max(raw.stored_high, raw.highest) + 1)
+        state = StoredState(next_msg_id=max(raw.stored_high, raw.highest) + 1, skipped=skipped)
         state.sessions = self._convert(raw.sessions, self._session, state)
         kept = {session.client_id for session in state.sessions}
         lost = {row[0] for row in raw.sessions} - kept

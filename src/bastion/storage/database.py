@@ -29,7 +29,7 @@ from bastion.storage.errors import (
     sqlite_errors,
     translate_sqlite_error,
 )
-from bastion.storage.schema import BROKER_SCHEMA
+from bastion.storage.schema import BROKER_SCHEMA, JOURNAL_SCHEMA
 
 __all__ = [
     "APPLICATION_ID",
@@ -93,6 +93,7 @@ _BASE_SCHEMA: tuple[MigrationStep, ...] = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "metadata, data keys and the encrypted-table registry", _BASE_SCHEMA),
     Migration(2, "broker state: sessions, messages, outboxes, retained, wills", BROKER_SCHEMA),
+    Migration(3, "write-ahead journal: one sealed row per group commit", JOURNAL_SCHEMA),
 )
 """Every schema version this build knows, in order (the one list all processes use).
 

@@ -1,9 +1,11 @@
 """The broker's tables (schema version 2): sessions, subscriptions, messages, outboxes, QoS 2
-ids, retained topics and wills, holding the records of ``records.py``.
+ids, retained topics and wills, holding the records of ``records.py``; and (version 3) the
+write-ahead journal whose rows a checkpoint folds into them.
 
-``database.MIGRATIONS`` lists ``BROKER_SCHEMA``; ``brokerstate.py`` reads and writes the tables.
-Sealed (``registry.py``): ``messages.payload``/``properties``, ``wills.payload``/``properties``
-and ``sessions.username``. Topics, client ids, filters and delivery metadata stay plaintext:
+``database.MIGRATIONS`` lists ``BROKER_SCHEMA`` and ``JOURNAL_SCHEMA``; ``brokerstate.py``
+reads and writes the tables. Sealed (``registry.py``): ``messages.payload``/``properties``,
+``wills.payload``/``properties``, ``sessions.username`` and ``journal.ops`` (everything in a
+batch, topics included). Topics, client ids, filters and delivery metadata stay plaintext:
 they are routing data, and nothing derived from a payload or property block is indexed.
 """
 
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BROKER_SCHEMA",
     "BROKER_TABLES",
+    "JOURNAL",
+    "JOURNAL_SCHEMA",
+    "JOURNAL_SEQ",
     "MESSAGES",
     "MSG_ID_HIGH",
     "SESSIONS",
@@ -30,6 +35,9 @@ WILLS = EncryptedTable("wills", ("client_id",), ("payload", "properties"))
 SESSIONS = EncryptedTable("sessions", ("client_id",), ("username",))
 """``username`` is sealed as a tagged value (``brokerstate.py``), so even None is sealed and
 a session cannot be made anonymous by editing the file."""
+
+JOURNAL = EncryptedTable("journal", ("seq",), ("ops",))
+"""One row per group commit: the batch's ops (``oplog.py``), sealed as a whole."""
 
 MSG_ID_HIGH = "msg_id_high"
 """``bastion_meta`` entry: the highest msg_id ever stored (ids are never reused)."""
@@ -137,3 +145,17 @@ BROKER_SCHEMA: tuple[MigrationStep, ...] = (
     *_PURGE_TRIGGERS,
 )
 """Migration 2: the broker's tables, their sealed columns registered."""
+
+JOURNAL_SEQ = "journal_seq"
+"""``bastion_meta`` entry: the last journal seq a checkpoint removed (seqs are never reused)."""
+
+JOURNAL_SCHEMA: tuple[MigrationStep, ...] = (
+    """CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY NOT NULL,
+        key_id TEXT NOT NULL,
+        ops BLOB NOT NULL
+    )""",
+    registration(JOURNAL),
+)
+"""Migration 3: the write-ahead journal. A group commit appends one sealed row; a checkpoint
+folds the rows into the tables above (``opfold.py``) and deletes them."""

@@ -25,7 +25,12 @@ from bastion.storage.datakeys import (
     list_data_keys,
     load_keyring,
 )
-from bastion.storage.errors import RecordTamperedError, UnknownKeyError, sqlite_errors
+from bastion.storage.errors import (
+    RecordTamperedError,
+    StorageError,
+    UnknownKeyError,
+    sqlite_errors,
+)
 from bastion.storage.keys import KeyProvider, resolve_provider
 from bastion.storage.layout import database_path, default_data_dir, ensure_data_dir
 from bastion.storage.records import Op, StoredState
@@ -114,6 +119,13 @@ class SqliteStore:
     def apply(self, ops: Sequence[Op]) -> None:
         self._broker.apply(ops)
 
+    def checkpoint(self) -> int:
+        return self._broker.checkpoint()
+
+    @property
+    def pending_checkpoint(self) -> int:
+        return self._broker.folded
+
     def load(self) -> StoredState:
         return self._broker.load()
 
@@ -146,6 +158,10 @@ class SqliteStore:
             return
         self._closed = True
         try:
+            try:
+                self._broker.checkpoint()  # a clean stop leaves an empty journal
+            except StorageError as error:  # it stays for the replay at the next start
+                log.warning("storage.checkpoint_failed", error=str(error))
             self._flush_seals()
         finally:
             self.database.close()

@@ -17,7 +17,14 @@ from bastion.storage.records import (
     StoredSubscription,
     StoredWill,
 )
+from bastion.storage.base import Store
 from bastion.storage.sqlite import SqliteStore
+
+
+def commit(store: Store, ops: list[Op]) -> None:
+    """Apply ``ops`` and checkpoint them into the tables (what these tests inspect)."""
+    store.apply(ops)
+    store.checkpoint()
 
 
 def message(

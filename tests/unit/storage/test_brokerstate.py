@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from statekit import everything, message, queued, raw_dump
+from statekit import commit, everything, message, queued, raw_dump
 from storekit import key_file
 
 from bastion.storage import datakeys
@@ -52,7 +52,7 @@ def store(tmp_path: Path, provider: FileKeyProvider) -> Iterator[SqliteStore]:
 
 def test_every_record_round_trips(store: SqliteStore, provider: FileKeyProvider) -> None:
     ops, expected = everything()
-    store.apply(ops)
+    commit(store, ops)
     assert store.load() == expected
     store.close()
     reopened = open_store(store.path.parent, provider)
@@ -61,7 +61,7 @@ def test_every_record_round_trips(store: SqliteStore, provider: FileKeyProvider)
 
 
 def test_empty_database_loads_empty(store: SqliteStore) -> None:
-    store.apply([])
+    commit(store, [])
     assert store.load() == StoredState()
     assert store.stats() == dict.fromkeys(BROKER_TABLES, 0)
     assert store.purge(1e12, limit=100) == 0
@@ -69,7 +69,7 @@ def test_empty_database_loads_empty(store: SqliteStore) -> None:
 
 def test_stats_count_rows(store: SqliteStore) -> None:
     ops, _ = everything()
-    store.apply(ops)
+    commit(store, ops)
     assert store.stats() == {
         "sessions": 4,
         "subscriptions": 3,
@@ -83,7 +83,8 @@ def test_stats_count_rows(store: SqliteStore) -> None:
 
 
 def test_ops_keep_their_order_inside_a_batch(store: SqliteStore) -> None:
-    store.apply(
+    commit(
+        store,
         [
             ("put_session", StoredSession("c", 60, username="first")),
             ("put_message", message(1)),
@@ -105,7 +106,7 @@ def test_ops_keep_their_order_inside_a_batch(store: SqliteStore) -> None:
             ("put_will", StoredWill("c", "w", b"one", 0, False)),
             ("put_will", StoredWill("c", "w2", b"two", 1, True, due_at=9.0)),
             ("put_session", StoredSession("c", 120, offline_since=5.0)),
-        ]
+        ],
     )
     state = store.load()
     assert state.sessions == [StoredSession("c", 120, offline_since=5.0)]
@@ -138,7 +139,7 @@ class CountingConnection:
 
 def test_interleaved_ops_on_different_rows_are_written_together(store: SqliteStore) -> None:
     earlier: list[Op] = [("put_message", message(i)) for i in range(1, 101)]
-    store.apply(earlier + [("put_outbox", queued(f"c{i % 7}", i)) for i in range(1, 101)])
+    commit(store, earlier + [("put_outbox", queued(f"c{i % 7}", i)) for i in range(1, 101)])
     ops: list[Op] = []  # what a group commit sees: new copies, and acks of older ones
     for i in range(101, 201):
         ops.append(("put_message", message(i)))
@@ -147,7 +148,7 @@ def test_interleaved_ops_on_different_rows_are_written_together(store: SqliteSto
     counting = CountingConnection(store.database.connection)
     store.database.connection = counting  # type: ignore[assignment]
     try:
-        store.apply(ops)
+        commit(store, ops)
     finally:
         store.database.connection = counting.connection
     assert counting.executemany_calls == 3  # one per kind: nothing had to be flushed early
@@ -157,13 +158,14 @@ def test_interleaved_ops_on_different_rows_are_written_together(store: SqliteSto
 
 def test_delete_then_put_session_in_one_batch(store: SqliteStore) -> None:
     ops, _ = everything()
-    store.apply(ops)
-    store.apply(
+    commit(store, ops)
+    commit(
+        store,
         [
             ("delete_session", "alpha"),
             ("put_session", StoredSession("alpha", 10)),
             ("put_subscription", StoredSubscription("alpha", "new/#", 1)),
-        ]
+        ],
     )
     state = store.load()
     assert StoredSession("alpha", 10) in state.sessions
@@ -174,8 +176,8 @@ def test_delete_then_put_session_in_one_batch(store: SqliteStore) -> None:
 
 def test_delete_session_cascades(store: SqliteStore) -> None:
     ops, expected = everything()
-    store.apply(ops)
-    store.apply([("delete_session", "alpha")])
+    commit(store, ops)
+    commit(store, [("delete_session", "alpha")])
     state = store.load()
     assert [s.client_id for s in state.sessions] == sorted(["beta", "gamma", "δέλτα-ünïcode"])
     assert {s.client_id for s in state.subscriptions} == {"beta"}
@@ -190,8 +192,9 @@ def test_delete_session_cascades(store: SqliteStore) -> None:
 
 def test_delete_ops(store: SqliteStore) -> None:
     ops, _ = everything()
-    store.apply(ops)
-    store.apply(
+    commit(store, ops)
+    commit(
+        store,
         [
             ("delete_will", "alpha"),
             ("delete_retained", "retained/only"),
@@ -200,7 +203,7 @@ def test_delete_ops(store: SqliteStore) -> None:
             ("delete_outbox", ("alpha", 3, True)),
             ("delete_will", "nobody"),  # absent keys: nothing happens
             ("delete_session", "nobody"),
-        ]
+        ],
     )
     state = store.load()
     assert [w.client_id for w in state.wills] == ["beta"]
@@ -219,13 +222,14 @@ def test_delete_ops(store: SqliteStore) -> None:
 
 def test_purge_takes_unreferenced_and_expired_messages(store: SqliteStore) -> None:
     now = 1_800_000_000.0
-    store.apply(
+    commit(
+        store,
         [
             ("put_message", message(1)),  # queued for c: stays
             ("put_outbox", queued("c", 1)),
             ("put_message", message(2)),  # retained: stays
             ("put_retained", ("r/2", 2)),
-            ("put_message", message(3)),  # acknowledged: goes
+            ("put_message", message(3)),  # acknowledged: never reaches the tables
             ("put_outbox", queued("c", 3)),
             ("delete_outbox", ("c", 3, False)),
             ("put_message", message(4, expires_at=now - 1)),  # expired: goes, with its rows
@@ -237,12 +241,16 @@ def test_purge_takes_unreferenced_and_expired_messages(store: SqliteStore) -> No
             ("put_outbox", queued("c", 5)),  # its queued copy for c waits with it
             ("put_message", message(6, expires_at=now + 60)),  # not yet expired
             ("put_outbox", queued("c", 6)),
-            ("put_message", message(7)),  # replaced as retained: goes
+            ("put_message", message(7)),  # replaced as retained: never reaches the tables
             ("put_retained", ("r/7", 7)),
             ("put_retained", ("r/7", 2)),
-        ]
+            ("put_message", message(8)),  # retained, and replaced in the next batch: goes
+            ("put_retained", ("r/8", 8)),
+        ],
     )
-    assert store.purge(now, limit=100) == 3
+    assert store.stats()["messages"] == 6  # the checkpoint folded 3 and 7 away
+    commit(store, [("put_retained", ("r/8", 2))])
+    assert store.purge(now, limit=100) == 2  # 4 (expired) and 8 (no longer retained)
     state = store.load()
     assert sorted(state.messages) == [1, 2, 5, 6]
     assert [(e.client_id, e.msg_id) for e in state.outbox] == [
@@ -251,9 +259,9 @@ def test_purge_takes_unreferenced_and_expired_messages(store: SqliteStore) -> No
         ("c", 6),
         ("d", 5),
     ]
-    assert state.retained == {"r/2": 2, "r/7": 2}
+    assert state.retained == {"r/2": 2, "r/7": 2, "r/8": 2}
     assert store.purge(now, limit=100) == 0
-    store.apply([("delete_outbox", ("d", 5, False))])  # acknowledged at last
+    commit(store, [("delete_outbox", ("d", 5, False))])  # acknowledged at last
     assert store.purge(now, limit=100) == 1  # with c's queued copy
     assert [(e.client_id, e.msg_id) for e in store.load().outbox] == [("c", 1), ("c", 6)]
     assert store.purge(now + 61, limit=100) == 1  # 6 expired meanwhile
@@ -264,8 +272,9 @@ def test_purge_takes_unreferenced_and_expired_messages(store: SqliteStore) -> No
 def test_purge_respects_its_limit(store: SqliteStore) -> None:
     ops: list[Op] = [("put_message", message(i)) for i in range(1, 601)]
     ops += [("put_message", message(i, expires_at=1.0)) for i in range(601, 701)]
-    ops += [("put_outbox", queued("c", i)) for i in range(601, 701)]
-    store.apply(ops)
+    ops += [("put_outbox", queued("c", i)) for i in range(1, 701)]
+    commit(store, ops)
+    commit(store, [("delete_outbox", ("c", i, False)) for i in range(1, 601)])
     assert store.purge(10.0, limit=7) == 7
     assert store.purge(10.0, limit=500) == 500
     assert store.purge(10.0, limit=500) == 193
@@ -275,13 +284,13 @@ def test_purge_respects_its_limit(store: SqliteStore) -> None:
 
 def test_next_msg_id_never_goes_back(store: SqliteStore, provider: FileKeyProvider) -> None:
     assert store.load().next_msg_id == 1
-    store.apply([("put_message", message(i)) for i in (3, 41, 7)])
+    commit(store, [("put_message", message(i)) for i in (3, 41, 7)])
     assert store.load().next_msg_id == 42
     while store.purge(0.0, limit=100):
         pass
     assert store.stats()["messages"] == 0
     assert store.load().next_msg_id == 42
-    store.apply([("put_message", message(5)), ("put_retained", ("t", 5))])
+    commit(store, [("put_message", message(5)), ("put_retained", ("t", 5))])
     assert store.load().next_msg_id == 42
     store.close()
     reopened = open_store(store.path.parent, provider)
@@ -299,7 +308,7 @@ def test_next_msg_id_never_goes_back(store: SqliteStore, provider: FileKeyProvid
 
 def test_failed_batch_changes_nothing(store: SqliteStore) -> None:
     ops, expected = everything()
-    store.apply(ops)
+    commit(store, ops)
     before = raw_dump(store)
     bad_batches: list[list[Op]] = [
         [("put_message", message(10)), ("put_outbox", queued("c", 10, qos=3))],  # CHECK
@@ -312,34 +321,34 @@ def test_failed_batch_changes_nothing(store: SqliteStore) -> None:
     ]
     for batch in bad_batches:
         with pytest.raises(StorageError):
-            store.apply(batch)
+            commit(store, batch)
         assert raw_dump(store) == before, batch
     assert store.load() == expected
-    store.apply([("put_message", message(10))])  # the store is still usable
+    commit(store, [("put_message", message(10))])  # the store is still usable
     assert store.load().next_msg_id == 11
 
 
 def test_read_only_database_refuses_the_batch(store: SqliteStore) -> None:
     ops, expected = everything()
-    store.apply(ops[:5])
+    commit(store, ops[:5])
     before = raw_dump(store)
     store.database.connection.execute("PRAGMA query_only = ON")
     with pytest.raises(StorageReadOnlyError, match=r"bastion\.db: the database is read-only"):
-        store.apply(ops[5:])
+        commit(store, ops[5:])
     store.database.connection.execute("PRAGMA query_only = OFF")
     assert raw_dump(store) == before
-    store.apply(ops[5:])
+    commit(store, ops[5:])
     assert store.load() == expected
 
 
 def test_full_database_refuses_the_batch(tmp_path: Path, provider: FileKeyProvider) -> None:
     options = StoreOptions(max_size_bytes=512 * 1024)
     store = open_store(tmp_path / "full", provider, options=options)
-    store.apply([("put_message", message(1)), ("put_retained", ("t", 1))])
+    commit(store, [("put_message", message(1)), ("put_retained", ("t", 1))])
     before = raw_dump(store)
     big: list[Op] = [("put_message", message(i, payload=os.urandom(8192))) for i in range(2, 200)]
     with pytest.raises(StorageFullError) as caught:
-        store.apply(big)
+        commit(store, big)
     assert caught.value.reason == 0x97
     assert raw_dump(store) == before
     assert sorted(store.load().messages) == [1]
@@ -355,7 +364,7 @@ def test_a_key_retired_by_another_process_is_picked_up(
     new = datakeys.rotate_data_key(cli, provider).id
     datakeys.retire_data_key(cli, old)
     cli.close()
-    store.apply([("put_message", message(1)), ("put_retained", ("t", 1))])
+    commit(store, [("put_message", message(1)), ("put_retained", ("t", 1))])
     assert store.keyring.current_id == new
     assert store.records_by_key() == {new: 1}
     assert store.load().messages[1] == message(1)
@@ -363,7 +372,9 @@ def test_a_key_retired_by_another_process_is_picked_up(
 
 def test_sqlite_store_is_a_broker_store(store: SqliteStore) -> None:
     as_store: Store = store  # checked by mypy: apply/load/purge/stats are in the protocol
-    as_store.apply([("put_message", message(1))])
+    as_store.apply([("put_message", message(1)), ("put_retained", ("t", 1))])
+    assert as_store.pending_checkpoint == 2
+    assert as_store.checkpoint() == 2
     assert as_store.stats()["messages"] == 1
 
 
@@ -424,8 +435,11 @@ _op = st.one_of(
 )
 
 
-def model_state(batches: list[list[Op]]) -> StoredState:
-    """What applying ``batches`` one op at a time must give."""
+def model_state(batches: list[list[Op]], checkpoints: Sequence[bool] = ()) -> StoredState:
+    """What applying ``batches`` one op at a time must give, with a checkpoint after batch
+    ``i`` where ``checkpoints[i]`` (and one at the end, as ``load`` makes): a message stored
+    since the previous checkpoint reaches the tables only if something refers to it then;
+    one in the tables stays (no purge runs here)."""
     sessions: dict[str, StoredSession] = {}
     subs: dict[tuple[str, str], StoredSubscription] = {}
     messages: dict[int, StoredMessage] = {}
@@ -433,38 +447,54 @@ def model_state(batches: list[list[Op]]) -> StoredState:
     inbound: set[StoredInbound] = set()
     retained: dict[str, int] = {}
     wills: dict[str, StoredWill] = {}
-    for kind, value in (op for batch in batches for op in batch):
-        if kind == "put_session" and isinstance(value, StoredSession):
-            sessions[value.client_id] = value
-        elif kind == "delete_session" and isinstance(value, str):
-            sessions.pop(value, None)
-            wills.pop(value, None)
-            subs = {k: v for k, v in subs.items() if k[0] != value}
-            outbox = {k: v for k, v in outbox.items() if k[0] != value}
-            inbound = {i for i in inbound if i.client_id != value}
-        elif kind == "put_subscription" and isinstance(value, StoredSubscription):
-            subs[value.client_id, value.topic_filter] = value
-        elif kind == "put_message" and isinstance(value, StoredMessage):
-            messages.setdefault(value.msg_id, value)
-        elif kind == "put_outbox" and isinstance(value, StoredOutboxEntry):
-            outbox[value.client_id, value.msg_id, value.shared] = value
-        elif kind == "put_inbound" and isinstance(value, StoredInbound):
-            inbound.add(value)
-        elif kind == "delete_inbound" and isinstance(value, StoredInbound):
-            inbound.discard(value)
-        elif kind == "put_will" and isinstance(value, StoredWill):
-            wills[value.client_id] = value
-        elif kind == "delete_will":
-            wills.pop(str(value), None)
-        elif kind == "delete_retained":
-            retained.pop(str(value), None)
-        elif isinstance(value, tuple):
-            if kind == "put_retained":
-                retained[value[0]] = value[1]
-            elif kind == "delete_subscription":
-                subs.pop(value, None)
-            elif kind == "delete_outbox":
-                outbox.pop(value, None)
+    in_tables: set[int] = set()
+
+    def checkpoint() -> None:
+        referenced = {k[1] for k in outbox} | set(retained.values())
+        for msg_id in list(messages):
+            if msg_id in referenced:
+                in_tables.add(msg_id)
+            elif msg_id not in in_tables:
+                del messages[msg_id]
+
+    flags = [*checkpoints, *[False] * len(batches)]
+    for index, batch in enumerate(batches):
+        for kind, value in batch:
+            if kind == "put_session" and isinstance(value, StoredSession):
+                sessions[value.client_id] = value
+            elif kind == "delete_session" and isinstance(value, str):
+                sessions.pop(value, None)
+                wills.pop(value, None)
+                subs = {k: v for k, v in subs.items() if k[0] != value}
+                outbox = {k: v for k, v in outbox.items() if k[0] != value}
+                inbound = {i for i in inbound if i.client_id != value}
+            elif kind == "put_subscription" and isinstance(value, StoredSubscription):
+                subs[value.client_id, value.topic_filter] = value
+            elif kind == "put_message" and isinstance(value, StoredMessage):
+                messages.setdefault(value.msg_id, value)
+            elif kind == "put_outbox" and isinstance(value, StoredOutboxEntry):
+                outbox[value.client_id, value.msg_id, value.shared] = value
+            elif kind == "put_inbound" and isinstance(value, StoredInbound):
+                inbound.add(value)
+            elif kind == "delete_inbound" and isinstance(value, StoredInbound):
+                inbound.discard(value)
+            elif kind == "put_will" and isinstance(value, StoredWill):
+                wills[value.client_id] = value
+            elif kind == "delete_will":
+                wills.pop(str(value), None)
+            elif kind == "delete_retained":
+                retained.pop(str(value), None)
+            elif isinstance(value, tuple):
+                if kind == "put_retained":
+                    retained[value[0]] = value[1]
+                elif kind == "delete_subscription":
+                    subs.pop(value, None)
+                elif kind == "delete_outbox":
+                    outbox.pop(value, None)
+        if flags[index]:
+            checkpoint()
+    checkpoint()
+    stored_ids = [v.msg_id for b in batches for k, v in b if isinstance(v, StoredMessage)]
     kept_outbox = [outbox[k] for k in sorted(outbox) if k[1] in messages]
     kept_retained = {t: i for t, i in sorted(retained.items()) if i in messages}
     referenced = {e.msg_id for e in kept_outbox} | set(kept_retained.values())
@@ -476,19 +506,32 @@ def model_state(batches: list[list[Op]]) -> StoredState:
         retained=kept_retained,
         wills=[wills[k] for k in sorted(wills)],
         messages={i: messages[i] for i in sorted(referenced)},
-        next_msg_id=max([0, *messages, *(k[1] for k in outbox), *retained.values()]) + 1,
+        next_msg_id=max([0, *stored_ids, *(k[1] for k in outbox), *retained.values()]) + 1,
     )
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batches=st.lists(st.lists(_op, max_size=25), min_size=1, max_size=4))
-def test_batches_match_a_one_op_at_a_time_model(batches: list[list[Op]]) -> None:
+@given(
+    batches=st.lists(st.lists(_op, max_size=25), min_size=1, max_size=5),
+    checkpoints=st.lists(st.booleans(), max_size=5),
+    reopen=st.booleans(),
+)
+def test_batches_match_a_one_op_at_a_time_model(
+    batches: list[list[Op]], checkpoints: list[bool], reopen: bool
+) -> None:
+    """Batches folded across checkpoints (and replayed from the journal after a "crash":
+    ``reopen`` drops the store without closing it) give what one op at a time gives."""
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)
         store = open_store(root / "state", key_file(root / "keys"))
         try:
-            for batch in batches:
+            for index, batch in enumerate(batches):
                 store.apply(batch)
-            assert store.load() == model_state(batches)
+                if index < len(checkpoints) and checkpoints[index]:
+                    store.checkpoint()
+            if reopen:  # a crash: the journal rows since the last checkpoint are replayed
+                store.database.close()
+                store = open_store(root / "state", key_file(root / "keys"))
+            assert store.load() == model_state(batches, checkpoints)
         finally:
             store.close()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from statekit import everything, message, properties, queued
+from statekit import commit, everything, message, properties, queued
 from storekit import key_file
 
 from bastion.storage import datakeys
@@ -45,7 +45,7 @@ def store(tmp_path: Path, provider: FileKeyProvider) -> Iterator[SqliteStore]:
 
 def test_rotation_reseals_broker_records(store: SqliteStore, provider: FileKeyProvider) -> None:
     ops, expected = everything()
-    store.apply(ops)
+    commit(store, ops)
     old = store.keyring.current_id
     assert old is not None
     assert store.records_by_key() == {old: 4 + 4 + 2}  # sessions, messages, wills
@@ -66,7 +66,7 @@ def test_tampered_records_are_skipped_and_counted(store: SqliteStore) -> None:
     ops, _ = everything()
     ops += [("put_message", message(i)) for i in (10, 11, 12)]
     ops += [("put_outbox", queued("gamma", i)) for i in (10, 11, 12)]
-    store.apply(ops)
+    commit(store, ops)
     flip = "UPDATE messages SET payload = substr(payload, 1, 20) || x'00' || substr(payload, 22)"
     tamper(store, flip + " WHERE msg_id = 10")
     connection = store.database.connection
@@ -98,7 +98,7 @@ def test_tampered_records_are_skipped_and_counted(store: SqliteStore) -> None:
 
 def test_tampered_plaintext_columns_and_session_dependents(store: SqliteStore) -> None:
     ops, _ = everything()
-    store.apply(ops)
+    commit(store, ops)
     tamper(store, "UPDATE messages SET topic = x'00ff' WHERE msg_id = 1")  # a blob topic
     tamper(store, "UPDATE sessions SET username = x'' WHERE client_id = 'beta'")
     tamper(
@@ -128,8 +128,8 @@ def test_no_payload_property_or_username_in_plaintext(tmp_path: Path, store: Sql
     ops.append(
         ("put_will", StoredWill("device-1", "status/d1", SECRET_WILL, 1, False, secret_props))
     )
-    store.apply(ops)
-    store.apply([("delete_outbox", ("device-1", i, False)) for i in range(1, 151)])
+    commit(store, ops)
+    commit(store, [("delete_outbox", ("device-1", i, False)) for i in range(1, 151)])
     store.purge(0.0, limit=1000)
     secrets = [
         SECRET_PAYLOAD,
@@ -163,15 +163,16 @@ def test_migration_from_a_version_1_database(tmp_path: Path, provider: FileKeyPr
     key_id = old.keyring.current_id
     old.close()
     store = open_store(tmp_path / "state", provider)
-    assert store.database.schema_version == 2
+    assert store.database.schema_version == 3
     assert store.keyring.current_id == key_id
     ops, expected = everything()
-    store.apply(ops)
+    commit(store, ops)
     assert store.load() == expected
     registered = store.database.connection.execute(
         "SELECT name, encrypted FROM bastion_encrypted_tables ORDER BY name"
     ).fetchall()
     assert registered == [
+        ("journal", "ops"),
         ("messages", "payload,properties"),
         ("sessions", "username"),
         ("wills", "payload,properties"),
@@ -183,16 +184,16 @@ def test_a_version_1_build_refuses_the_new_schema(
     tmp_path: Path, provider: FileKeyProvider
 ) -> None:
     store = open_store(tmp_path / "state", provider)
-    store.apply(everything()[0])
+    commit(store, everything()[0])
     store.close()
     digest = hashlib.sha256(store.path.read_bytes()).hexdigest()
-    with pytest.raises(DatabaseUnusableError, match=r"schema version 2, newer than .*\(1\)"):
+    with pytest.raises(DatabaseUnusableError, match=r"schema version 3, newer than .*\(1\)"):
         open_store(tmp_path / "state", provider, migrations=MIGRATIONS[:1])
     assert hashlib.sha256(store.path.read_bytes()).hexdigest() == digest
 
 
 def test_raw_rows_hold_sealed_values(store: SqliteStore) -> None:
-    store.apply([("put_message", message(1, payload=b"abc"))])
+    commit(store, [("put_message", message(1, payload=b"abc")), ("put_outbox", queued("c", 1))])
     raw = sqlite3.connect(store.path)  # a second connection, as any reader of the file
     row = raw.execute("SELECT payload, key_id FROM messages").fetchone()
     raw.close()
