@@ -16,7 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from bastion.broker.backpressure import Backpressure, high_water, low_water
-from bastion.broker.journal import Journal, MemoryJournal
+from bastion.broker.journal import Journal, MemoryJournal, durable
 from bastion.broker.messages import Delivery, Message, outgoing_publish, publish_packet
 from bastion.broker.retained import RetainedStore
 from bastion.broker.securitylog import SecurityLog
@@ -106,6 +106,26 @@ class Router:
             if self._deliver_shared(message, group, now):
                 count += 1
         return count
+
+    def would_store(self, topic: str, qos: int, retain: bool) -> bool:
+        """Whether a message would become durable work: retained, or a QoS 1/2 copy for a
+        durable session (a matching subscription above QoS 0, shared ones included)."""
+        if retain and not topic.startswith("$"):
+            return True
+        if not qos:
+            return False
+        sessions = self.sessions
+        route = self.trie.route(topic)
+        for target in route.targets:
+            state = sessions.get(target.client_id)
+            if target.qos and state is not None and durable(state) is not None:
+                return True
+        for group in route.groups:
+            for client_id, entry in group.members.items():
+                state = sessions.get(client_id)
+                if entry.subscription.qos and state is not None and durable(state) is not None:
+                    return True
+        return False
 
     def _retain(self, message: Message) -> None:
         journal = self.journal

@@ -46,6 +46,7 @@ log = structlog.get_logger("bastion.broker")
 
 _V5 = ProtocolVersion.MQTT_5
 _NOT_AUTHORIZED_TEXT = "not authorized"
+_STORE_FULL_TEXT = "the broker's store is full: durable messages are refused until it has room"
 _AWAITING_REL_FULL = "too many QoS 2 messages awaiting PUBREL (max_awaiting_rel)"
 
 Closer = Callable[[Session, int], None]
@@ -153,6 +154,10 @@ class InboundPublishes:
         if rejection is not None:
             defence = DEFENCE_OF_RULE[rejection.rule]
             self._reject(session, packet, rejection.reason, defence, rejection.message, now)
+        elif self.router.journal.full and self.router.would_store(
+            packet.topic, packet.qos, packet.retain
+        ):
+            self._refuse_store_full(session, packet)
         elif packet.qos == 2 and len(state.inbound_qos2) >= self.settings.max_awaiting_rel:
             self._reject(
                 session,
@@ -164,6 +169,22 @@ class InboundPublishes:
             )
         else:
             self._accept(session, packet, now)
+
+    def _refuse_store_full(self, session: Session, packet: Publish) -> None:
+        """Refuse durable work while the store is full: 0x97 (MQTT 5), else close (3.1.1);
+        a QoS 0 message (retained) is dropped. The runtime logs the full store once."""
+        self.router.stats.store_refused += 1
+        packet_id = packet.packet_id
+        if packet_id is None:
+            self.router.stats.publish_messages_dropped += 1
+        elif session.protocol_version < _V5:
+            self._close(session, ReasonCode.QUOTA_EXCEEDED)
+        else:
+            props = problem_properties(session, _STORE_FULL_TEXT)
+            if packet.qos == 1:
+                self.router.send(session, Puback(packet_id, ReasonCode.QUOTA_EXCEEDED, props))
+            else:
+                self.router.send(session, Pubrec(packet_id, ReasonCode.QUOTA_EXCEEDED, props))
 
     def _capability_error(self, session: Session, packet: Publish) -> int | None:
         """Reason code for a PUBLISH the client was told not to send (§3.2.2.3.4 - .5).
@@ -264,7 +285,10 @@ class InboundPublishes:
             session.deferred -= 1
             if not failure:
                 self.router.send(session, ack)
-            elif session.protocol_version >= _V5 and not isinstance(ack, Pubcomp):
+                return
+            if not isinstance(ack, Pubcomp):
+                self.router.stats.store_refused += 1
+            if session.protocol_version >= _V5 and not isinstance(ack, Pubcomp):
                 # Not durable, so not accepted: say why (0x97 store full, 0x80 otherwise).
                 # A refused QoS 2 flow is over (§4.3.3): the id may come back as a new one.
                 if isinstance(ack, Pubrec):

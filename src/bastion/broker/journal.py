@@ -55,6 +55,10 @@ class Journal:
 
     def __init__(self, wall_offset: float = 0.0) -> None:
         self.wall_offset = wall_offset  # wall clock = monotonic ``now`` + this
+        # Set by the runtime while the store is (nearly) full: new durable work (a QoS 1/2
+        # message for a durable session or the retained store) is refused up front (0x97),
+        # so the room left serves acknowledgements, which free space.
+        self.full = False
 
     def wall(self, now: float) -> float:
         return now + self.wall_offset

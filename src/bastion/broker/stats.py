@@ -46,6 +46,10 @@ class BrokerStats:
     awaiting_rel_expired: int = 0  # QoS 2 ids forgotten after awaiting_rel_timeout
     messages_dropped_queue_full: int = 0  # copies over max_queued_messages / _bytes
     messages_dropped_redelivery: int = 0  # flows abandoned after max_delivery_attempts
+    # Persistence (kept by the core and the runtime's group committer).
+    store_refused: int = 0  # QoS 1/2 messages refused (0x97 / 0x80 / closed): store full or failing
+    store_write_failures: int = 0  # group commits that failed
+    store_bytes: int = 0  # database + write-ahead log, at the last check
 
     @property
     def clients_disconnected(self) -> int:

@@ -29,6 +29,9 @@ GAUGES: tuple[tuple[str, _Counter], ...] = (
     ("bytes/sent", lambda s: s.bytes_sent),
     ("subscriptions/count", lambda s: s.subscriptions_count),
     ("retained messages/count", lambda s: s.retained_count),
+    ("store/messages/refused", lambda s: s.store_refused),
+    ("store/write failures", lambda s: s.store_write_failures),
+    ("store/bytes", lambda s: s.store_bytes),
 )
 
 # $SYS/broker/load/<name>/<window> -> counter whose per-minute rate is averaged.

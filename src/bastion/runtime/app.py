@@ -78,7 +78,7 @@ class _Runtime:
         self.committer: GroupCommitter | None = None
         if persistence is not None:
             restore_broker(persistence, self.broker)
-            self.committer = GroupCommitter(persistence, settings.storage)
+            self.committer = GroupCommitter(persistence, settings.storage, self.broker.stats)
         self.monitor.set_publisher(self._publish_sys)
         self.defences = build_defences(settings.limits)
         self.registry = ConnectionRegistry()

@@ -8,6 +8,12 @@ batch. A batch is durable once appended to the store's journal; about once a sec
 after ``CHECKPOINT_OPS`` ops) a checkpoint folds the journal into the tables, where most of a
 busy second's copies have cancelled out. Purging, key refresh and background re-encryption
 run on the same thread.
+
+A full store (the database at ``FULL_AT`` of ``storage.max_db_size_mb``, or a commit that
+failed for lack of space) sets ``journal.full``: the core then refuses new durable work up
+front (0x97) while acknowledgements, which free space, still commit; the purge runs at every
+checkpoint; below ``ROOM_AT`` (or, without a size limit, once a commit succeeds again) the
+flag clears by itself. Both transitions are logged once and counted in ``$SYS``.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import structlog
 from bastion.broker.core import Broker
 from bastion.broker.journal import DURABLE, WriteAheadJournal
 from bastion.broker.restore import RestoreReport, restore
+from bastion.broker.stats import BrokerStats
 from bastion.config.storage_settings import StorageSettings
-from bastion.storage.base import Store
-from bastion.storage.errors import StorageError
+from bastion.storage.base import Store, StoreHealth
+from bastion.storage.errors import QUOTA_EXCEEDED, StorageError
 from bastion.storage.records import StoredState
 from bastion.storage.sqlite import open_store_from_settings
 
@@ -34,6 +41,8 @@ log = structlog.get_logger("bastion.storage")
 MAINTENANCE_INTERVAL = 5.0  # seconds between key refreshes / re-encryption steps
 CHECKPOINT_INTERVAL = 1.0  # seconds between checkpoints while commits come
 CHECKPOINT_OPS = 200_000  # or sooner, once this many ops wait (bounds the fold's memory)
+FULL_AT = 0.9  # of max_db_size: refuse new durable work from here (the rest serves acks)
+ROOM_AT = 0.8  # ... until the data in use is back under this
 PURGE_BATCH = 1000
 REKEY_BATCH = 200
 REKEY_STEPS = 250  # at most 50,000 records per maintenance round
@@ -91,8 +100,14 @@ def restore_broker(persistence: Persistence, broker: Broker) -> RestoreReport:
 class GroupCommitter:
     """Writes the journal in batches off the event loop; runs what waited for each batch."""
 
-    def __init__(self, persistence: Persistence, settings: StorageSettings) -> None:
+    def __init__(
+        self,
+        persistence: Persistence,
+        settings: StorageSettings,
+        stats: BrokerStats | None = None,
+    ) -> None:
         self._store = persistence.store
+        self._stats = stats if stats is not None else BrokerStats()
         self._journal = persistence.journal
         self._interval = settings.group_commit_interval_ms / 1000.0
         self._max_batch = settings.group_commit_max_batch
@@ -105,6 +120,8 @@ class GroupCommitter:
         self.ops_written = 0
         self.checkpoints = 0
         self._uncheckpointed = 0  # ops appended since the last checkpoint
+        self._limit = settings.max_db_size_mb * 1024 * 1024 if settings.enabled else 0
+        self._full = False
         self._next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
         self._journal.wake = self._wake.set
         if self._journal.pending():  # restore journaled (sessions connected at a crash)
@@ -152,12 +169,17 @@ class GroupCommitter:
                 except StorageError as exc:
                     failure = exc.reason
                     self.write_failures += 1
+                    self._stats.store_write_failures += 1
                     if not self._failing:
                         log.error("storage.write_failed", error=str(exc), ops=len(ops))
                     self._failing = True
+                    if failure == QUOTA_EXCEEDED:
+                        self._set_full(True, str(exc))
                 else:
                     if self._failing:
                         log.info("storage.write_recovered")
+                        if self._full and not self._limit:  # the disk has room again
+                            self._set_full(False, "a commit succeeded")
                     self._failing = False
                     self.commits += 1
                     self.ops_written += len(ops)
@@ -174,15 +196,53 @@ class GroupCommitter:
                 await self._checkpoint()
 
     async def _checkpoint(self) -> None:
-        """Fold the journal into the tables (after the acks: they waited only for the append)."""
+        """Fold the journal into the tables (after the acks: they waited only for the append),
+        then look at the store's size (and purge at once while it is full)."""
         self._next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._store.checkpoint)
+            await loop.run_in_executor(self._thread, self._store.checkpoint)
         except StorageError as exc:  # the journal keeps everything; the next one retries
             log.warning("storage.checkpoint_failed", error=str(exc))
+        else:
+            self._uncheckpointed = 0
+            self.checkpoints += 1
+        try:
+            if self._full:
+                await loop.run_in_executor(self._thread, self._purge, time.time())
+            health = await loop.run_in_executor(self._thread, self._store.health)
+        except StorageError as exc:
+            log.warning("storage.maintenance_failed", error=str(exc))
+        else:
+            self._measure(health)
+
+    def _measure(self, health: StoreHealth) -> None:
+        """Update the size gauge and, with a size limit, the full flag."""
+        self._stats.store_bytes = health.database_bytes + health.wal_bytes
+        if not self._limit:
             return
-        self._uncheckpointed = 0
-        self.checkpoints += 1
+        used = health.used_bytes
+        if used >= FULL_AT * self._limit:
+            self._set_full(True, f"{used} of {self._limit} bytes in use")
+        elif self._full and used < ROOM_AT * self._limit:
+            self._set_full(False, f"{used} of {self._limit} bytes in use")
+
+    def _set_full(self, full: bool, detail: str) -> None:
+        """Turn the refusal of new durable work on or off (logged once per change)."""
+        if full == self._full:
+            return
+        self._full = full
+        self._journal.full = full
+        if full:
+            log.error(
+                "storage.full",
+                detail=detail,
+                effect="QoS 1/2 messages for durable sessions and retained messages are "
+                "refused (0x97) until there is room; QoS 0 and acknowledgements go on",
+                path=str(self._store.path),
+            )
+        else:
+            log.info("storage.room_again", detail=detail)
 
     async def _maintain(self, stop: asyncio.Event) -> None:
         """Purge, pick up rotated keys and re-encrypt old records, a little at a time."""

@@ -52,6 +52,9 @@ class StoreHealth:
     current_key_id: str | None
     tampered_records: int
     """Records that failed authentication since the store was opened (each reported once)."""
+    used_bytes: int = 0
+    """Pages in use (committed, in the database file or still in its write-ahead log), in
+    bytes: what ``max_bytes`` limits."""
 
 
 class Store(Protocol):

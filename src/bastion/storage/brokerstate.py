@@ -196,12 +196,14 @@ class BrokerState:
         net = self._fold.net()
         with self._database.transaction() as connection:
             seq = self._last_seq(connection)
+            # First the journal rows: their pages serve the rows written below, so a store
+            # at its size limit can still checkpoint.
+            connection.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
             stored = self._stored_high(connection)
             high = write_batch(connection, self._keys.keyring, net, stored)
             high = max(high, self._fold.highest_message())
             if high > stored:
                 set_meta(connection, MSG_ID_HIGH, str(high))
-            connection.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
             set_meta(connection, JOURNAL_SEQ, str(seq))
         self._msg_id_high = high
         return len(net)

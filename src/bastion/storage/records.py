@@ -127,10 +127,10 @@ OpKind = Literal[
 
 Op = tuple[OpKind, object]
 """One change: applied in order, a batch in one transaction. Messages no outbox entry or
-retained topic refers to any more are removed by the store's purge, not by an op: so a
-message must be referred to in the batch that stores it, and once its references are gone
-(and a purge may have run) a new reference needs its ``put_message`` again (a repeated one
-for a msg_id still stored costs a seal and is ignored)."""
+retained topic refers to any more are removed by the store (its purge, or a checkpoint that
+never writes them), not by an op: so a message must be referred to in the batch that stores
+it, and once its references are gone a new reference needs its ``put_message`` again (a
+repeated one for a msg_id still stored is ignored)."""
 
 
 @dataclass(slots=True)

@@ -142,6 +142,7 @@ class SqliteStore:
         with sqlite_errors(self.path):
             page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
             free_pages = int(connection.execute("PRAGMA freelist_count").fetchone()[0])
+            pages = int(connection.execute("PRAGMA page_count").fetchone()[0])
         return StoreHealth(
             path=self.path,
             schema_version=self.database.schema_version,
@@ -151,6 +152,7 @@ class SqliteStore:
             max_bytes=self._options.max_size_bytes,
             current_key_id=self._keyring.current_id,
             tampered_records=self._tampered_count,
+            used_bytes=page_size * (pages - free_pages),
         )
 
     def close(self) -> None:

@@ -210,6 +210,45 @@ def test_a_failed_commit_refuses_with_its_reason_or_closes_a_311_client() -> Non
     assert old.link.closes == [None]  # 3.1.1: a plain close, no reason on the wire
 
 
+def _acks(client: Client) -> list[tuple[int, int]]:
+    """(packet id, reason code) of the PUBACKs and PUBRECs ``client`` got."""
+    return [(p.packet_id, p.reason_code) for p in client.take() if isinstance(p, Puback | Pubrec)]
+
+
+def test_a_full_store_refuses_new_durable_work_up_front_and_qos0_flows() -> None:
+    """While the runtime says the store is full: QoS 1/2 for a durable session and retained
+    messages are refused before routing (0x97; 3.1.1 closed), nothing is journaled; QoS 0,
+    work for clean sessions and acknowledgements go on; the flag cleared, all is accepted."""
+    d = Durable()
+    h = d.harness
+    sub = _durable_sub(d)
+    clean = h.connect("clean")
+    clean.subscribe("c/#", qos=1)
+    pub = h.connect("pub")
+    d.journal.full = True
+    before = d.journal.changes()
+    pub.publish("t/1", b"durable", qos=1, packet_id=1)
+    pub.publish("t/2", b"durable", qos=2, packet_id=2)
+    pub.publish("c/1", b"retained", qos=1, packet_id=3, retain=True)
+    assert _acks(pub) == [(1, 0x97), (2, 0x97), (3, 0x97)]
+    assert d.journal.changes() == before  # refused before routing: nothing was written
+    assert sub.take_publishes() == []
+    pub.publish("t/3", b"reading", qos=0)
+    pub.publish("c/2", b"clean", qos=1, packet_id=4)
+    assert [m.payload for m in sub.take_publishes()] == [b"reading"]
+    assert [m.payload for m in clean.take_publishes()] == [b"clean"]
+    assert _acks(pub) == [(4, 0)]
+    assert h.stats.store_refused == 3
+    old = h.connect("old", version=4)
+    old.publish("t/4", b"m", qos=1, packet_id=5)
+    assert old.link.closes == [None]  # 3.1.1: a plain close, no reason on the wire
+    d.journal.full = False
+    pub.publish("t/5", b"room again", qos=1, packet_id=6)
+    d.commit()
+    assert pub.take() == [Puback(6)]
+    assert [m.payload for m in sub.take_publishes()] == [b"room again"]
+
+
 def test_queued_messages_and_session_present_survive_a_restart() -> None:
     d = Durable()
     h = d.harness

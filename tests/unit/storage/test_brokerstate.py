@@ -448,18 +448,29 @@ def model_state(batches: list[list[Op]], checkpoints: Sequence[bool] = ()) -> St
     retained: dict[str, int] = {}
     wills: dict[str, StoredWill] = {}
     in_tables: set[int] = set()
+    window_outbox: set[tuple[str, int, bool]] = set()  # rows put since the last checkpoint
+    window_retained: set[str] = set()
 
     def checkpoint() -> None:
-        referenced = {k[1] for k in outbox} | set(retained.values())
+        # Records.Op's rule: a message must be referred to in the batch that stores it; a
+        # checkpoint keeps one only if a row put since the last checkpoint still refers to it.
+        referenced = {k[1] for k in window_outbox if k in outbox}
+        referenced |= {retained[t] for t in window_retained if t in retained}
         for msg_id in list(messages):
             if msg_id in referenced:
                 in_tables.add(msg_id)
             elif msg_id not in in_tables:
                 del messages[msg_id]
+        window_outbox.clear()
+        window_retained.clear()
 
     flags = [*checkpoints, *[False] * len(batches)]
     for index, batch in enumerate(batches):
         for kind, value in batch:
+            if isinstance(value, StoredOutboxEntry):
+                window_outbox.add((value.client_id, value.msg_id, value.shared))
+            elif kind == "put_retained" and isinstance(value, tuple):
+                window_retained.add(value[0])
             if kind == "put_session" and isinstance(value, StoredSession):
                 sessions[value.client_id] = value
             elif kind == "delete_session" and isinstance(value, str):
