@@ -14,6 +14,7 @@ from bastion.cli.keys import keys_group
 from bastion.cli.passwd import passwd
 from bastion.cli.pki import pki_group
 from bastion.cli.serve import serve
+from bastion.cli.services import alerts, doorlock, sensor
 
 __all__ = ["main"]
 
@@ -29,3 +30,6 @@ main.add_command(pki_group)
 main.add_command(passwd)
 main.add_command(acl_group)
 main.add_command(keys_group)
+main.add_command(sensor)
+main.add_command(alerts)
+main.add_command(doorlock)

@@ -2,11 +2,13 @@
 
 Like any device they reach the broker only over the network: they may import ``mqtt``,
 ``security``, ``config`` (and ``storage``, for the logger), never broker/transport/runtime.
+The pure core is exported here; the networked runners (``netclient``, ``sensors``,
+``alerts``, ``lockservice``) are imported from their modules, so the core stays I/O-free.
 """
 
 from __future__ import annotations
 
-from bastion.services.alerting import Alert, AlertEngine, Rule
+from bastion.services.alerting import Alert, AlertEngine, Rule, parse_rule
 from bastion.services.doorlock import CommandError, DoorLock, LockCommand, LockResult
 from bastion.services.readings import (
     REFERENCE_DEVICES,
@@ -15,7 +17,12 @@ from bastion.services.readings import (
     ReadingError,
     StatusMessage,
 )
-from bastion.services.signals import HumiditySignal, MotionSignal, TemperatureSignal
+from bastion.services.signals import (
+    HumiditySignal,
+    MotionProfile,
+    MotionSignal,
+    TemperatureSignal,
+)
 from bastion.services.simulator import DueReading, SensorSimulator
 
 __all__ = [
@@ -29,6 +36,7 @@ __all__ = [
     "HumiditySignal",
     "LockCommand",
     "LockResult",
+    "MotionProfile",
     "MotionSignal",
     "Reading",
     "ReadingError",
@@ -36,4 +44,5 @@ __all__ = [
     "SensorSimulator",
     "StatusMessage",
     "TemperatureSignal",
+    "parse_rule",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "AlertStats",
     "Rule",
     "alert_topic",
+    "parse_rule",
 ]
 
 ALERT_QOS = 1
@@ -42,7 +44,14 @@ MOTION_FILTER = "motion/#"
 STATUS_FILTER = "status/+"
 ALERTS_PREFIX = "alerts/"
 
-_Hit = tuple[str, str, float | None]  # (kind, detail, value) of an alert about to be raised
+# (kind, detail, value, threshold) of an alert about to be raised
+_Hit = tuple[str, str, float | None, float | None]
+DEFAULT_RULE_KIND = "threshold"
+_RULE_SYNTAX = re.compile(
+    r"(?P<filter>.+):(?P<field>[A-Za-z0-9_.-]{1,64})\s*(?P<op>>=|<=|>|<)\s*"
+    r"(?P<value>[^:\s]+)\s*(?::(?P<kind>[^:]*))?",
+    re.ASCII,
+)
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -89,6 +98,30 @@ class Rule:
     def fires(self, value: float) -> bool:
         """Whether ``value`` crosses this rule's threshold."""
         return _OPS[self.op](value, self.threshold)
+
+
+def parse_rule(text: str) -> Rule:
+    """A rule from ``FILTER:FIELD OP VALUE[:KIND]``, e.g. ``temp/#:value>30:overheat``.
+
+    OP is one of ``> < >= <=``; KIND (the alert topic's level) defaults to ``threshold``.
+    ConfigError names what is wrong.
+    """
+    match = _RULE_SYNTAX.fullmatch(text.strip())
+    if match is None:
+        raise ConfigError(
+            f"bad rule {text!r}: expected TOPICFILTER:FIELD>VALUE (or <, >=, <=), "
+            "optionally followed by :KIND, e.g. 'temp/#:value>30:overheat'"
+        )
+    raw = match["value"]
+    try:
+        threshold = float(raw)
+    except ValueError:
+        raise ConfigError(f"bad rule {text!r}: threshold {raw!r} is not a number") from None
+    kind = match["kind"] if match["kind"] is not None else DEFAULT_RULE_KIND
+    try:
+        return Rule(match["filter"], match["op"], threshold, kind.strip(), match["field"])
+    except ConfigError as exc:
+        raise ConfigError(f"bad rule {text!r}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +227,7 @@ class AlertEngine:
         candidates: list[_Hit] = []
         if topic_matches(STATUS_FILTER, topic):
             if bytes(payload) == OFFLINE:
-                candidates.append(("offline", "device went offline", None))
+                candidates.append(("offline", "device went offline", None, None))
         elif topic_matches(MOTION_FILTER, topic):
             candidates.extend(self._motion(payload))
         candidates.extend(self._thresholds(topic, payload))
@@ -214,7 +247,7 @@ class AlertEngine:
             return []
         if reading.value <= 0:
             return []
-        return [("motion", "motion detected", reading.value)]
+        return [("motion", "motion detected", reading.value, None)]
 
     def _thresholds(self, topic: str, payload: bytes) -> list[_Hit]:
         rules = [rule for rule in self._rules if topic_matches(rule.topic_filter, topic)]
@@ -232,7 +265,7 @@ class AlertEngine:
                 self.stats.invalid += 1
             elif rule.fires(value):
                 detail = f"{rule.field} {value:g} {rule.op} {rule.threshold:g}"
-                fired.append((rule.kind, detail, value))
+                fired.append((rule.kind, detail, value, rule.threshold))
         return fired
 
     def _admit(self, kind: str, device: str, stamp: float) -> bool:
@@ -266,15 +299,18 @@ class AlertEngine:
 
     @staticmethod
     def _alert(hit: _Hit, device: str, topic: str, now: datetime) -> Alert:
-        kind, detail, value = hit
+        kind, detail, value, threshold = hit
         body: dict[str, object] = {
             "kind": kind,
             "device": device,
             "ts": format_timestamp(now),
+            "message": f"{kind} alert from {device}: {detail}",
             "detail": detail,
             "topic": topic,
         }
         if value is not None:
             body["value"] = round(value, 2)
+        if threshold is not None:
+            body["threshold"] = threshold
         payload = json.dumps(body, separators=(",", ":")).encode()
         return Alert(kind, device, alert_topic(kind, device), payload, ALERT_QOS)

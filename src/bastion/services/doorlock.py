@@ -25,6 +25,7 @@ from bastion.services.readings import (
 __all__ = [
     "COMMAND_QOS",
     "MAX_COMMAND_BYTES",
+    "RESULT_QOS",
     "CommandError",
     "DoorLock",
     "LockCommand",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 COMMAND_QOS = 2  # exactly once: a lost or doubled "unlock" is a physical-security event
-RESULT_QOS = 1
+RESULT_QOS = 2  # the report of a physical action is delivered exactly once, too
 MAX_COMMAND_BYTES = 512
 COMMANDS = {"lock": "locked", "unlock": "unlocked"}  # command -> the state it leaves
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)
@@ -86,7 +87,7 @@ def command_topic(device: str) -> str:
 
 
 def result_topic(device: str) -> str:
-    """``result/<device>``: where the lock reports each decision (QoS 1)."""
+    """``result/<device>``: where the lock reports each decision (QoS 2)."""
     return f"result/{check_device_name(device)}"
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "ReadingError",
     "StatusMessage",
     "check_device_name",
+    "device_spec",
     "fleet",
     "format_timestamp",
     "load_json_object",
@@ -206,6 +207,21 @@ _KIND_UNIT = {"temperature": "°C", "humidity": "%", "motion": "event"}
 def _device(name: str, kind: str, interval: float = 5.0) -> DeviceSpec:
     topic = f"{_KIND_PREFIX[kind]}/{check_device_name(name)}"
     return DeviceSpec(name, kind, topic, _KIND_UNIT[kind], qos=0, interval=interval)
+
+
+def device_spec(
+    name: str, kind: str, *, topic: str | None = None, interval: float = 5.0
+) -> DeviceSpec:
+    """A sensor of ``kind`` with its unit; its topic defaults to ``<temp|humid|motion>/<name>``.
+
+    ReadingError for an unknown kind, a bad name or interval, or an empty topic.
+    """
+    if kind not in _KIND_PREFIX:
+        raise ReadingError(f"unknown sensor kind {kind!r}: use one of {', '.join(_KIND_PREFIX)}")
+    if topic is not None and not topic:
+        raise ReadingError("the topic must not be empty")
+    spec = _device(name, kind, interval)
+    return spec if topic is None else DeviceSpec(name, kind, topic, spec.unit, 0, interval)
 
 
 REFERENCE_DEVICES: tuple[DeviceSpec, ...] = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from datetime import datetime
 
 from bastion.errors import ConfigError
@@ -16,6 +17,7 @@ __all__ = [
     "HUMIDITY_RANGE",
     "TEMPERATURE_RANGE",
     "HumiditySignal",
+    "MotionProfile",
     "MotionSignal",
     "TemperatureSignal",
     "epoch_seconds",
@@ -122,11 +124,21 @@ class MotionSignal:
     """Motion events in bursts: burst starts are a Poisson process, each burst a few events.
 
     ``poll(now)`` returns the event times (epoch seconds) in ``(previous poll, now]``; the
-    first poll only starts the schedule. A poll after a gap longer than a day simulates the
-    last day only, so the work and the answer stay bounded.
+    first poll only starts the schedule (``first_burst_within`` seconds, if given, bounds
+    when the first burst starts: someone walks past soon after the sensor comes up). A poll
+    after a gap longer than a day simulates the last day only, so the work and the answer
+    stay bounded.
     """
 
-    __slots__ = ("_burst_rate", "_cursor", "_events", "_gap", "_pending", "_rng")
+    __slots__ = (
+        "_burst_rate",
+        "_cursor",
+        "_events",
+        "_first_within",
+        "_gap",
+        "_pending",
+        "_rng",
+    )
 
     def __init__(
         self,
@@ -134,6 +146,7 @@ class MotionSignal:
         events_per_burst: tuple[int, int] = (3, 8),
         event_gap: tuple[float, float] = (1.0, 15.0),
         *,
+        first_burst_within: float | None = None,
         seed: int | None = None,
     ) -> None:
         rate = _finite("bursts_per_hour", bursts_per_hour, minimum=0.0)
@@ -144,6 +157,9 @@ class MotionSignal:
             raise ConfigError(f"events_per_burst must be 1 <= low <= high, got {events_per_burst}")
         gap_low = _finite("event_gap low", event_gap[0], minimum=0.0)
         gap_high = _finite("event_gap high", event_gap[1], minimum=gap_low)
+        if first_burst_within is not None:
+            _finite("first_burst_within", first_burst_within, minimum=0.0)
+        self._first_within = first_burst_within
         self._burst_rate = rate / 3600.0
         self._events = (low, high)
         self._gap = (gap_low, gap_high)
@@ -151,8 +167,11 @@ class MotionSignal:
         self._cursor: float | None = None
         self._pending: list[float] = []  # scheduled event times, ascending
 
-    def _schedule_burst(self, after: float) -> None:
-        start = after + self._rng.expovariate(self._burst_rate)
+    def _schedule_burst(self, after: float, *, first: bool = False) -> None:
+        if first and self._first_within is not None:
+            start = after + self._rng.uniform(0.0, self._first_within)
+        else:
+            start = after + self._rng.expovariate(self._burst_rate)
         count = self._rng.randint(*self._events)
         times = [start]
         for _ in range(count - 1):
@@ -165,7 +184,7 @@ class MotionSignal:
         cursor = self._cursor
         if cursor is None:
             self._cursor = stamp
-            self._schedule_burst(stamp)
+            self._schedule_burst(stamp, first=True)
             return []
         if stamp <= cursor:
             return []  # a clock that steps backwards produces nothing
@@ -179,3 +198,35 @@ class MotionSignal:
                 self._schedule_burst(events[-1])
         self._cursor = stamp
         return events
+
+
+@dataclass(frozen=True, slots=True)
+class MotionProfile:
+    """The settings of a ``MotionSignal`` (its defaults are the signal's own)."""
+
+    bursts_per_hour: float = 2.0
+    events_per_burst: tuple[int, int] = (3, 8)
+    event_gap: tuple[float, float] = (1.0, 15.0)
+    first_burst_within: float | None = None
+
+    @classmethod
+    def paced(cls, interval: float) -> MotionProfile:
+        """Motion on the time scale of a sensor reporting every ``interval`` seconds.
+
+        A burst every ~40 intervals, events 1-4 intervals apart, the first burst within 5
+        intervals: at 0.5 s a one-minute run sees a burst or three; at 5 s, one in ~3 min.
+        """
+        step = _finite("interval", interval, minimum=0.0)
+        if step == 0.0:
+            raise ConfigError("interval must be > 0")
+        return cls(3600.0 / (40.0 * step), (3, 8), (step, 4.0 * step), 5.0 * step)
+
+    def signal(self, seed: int | None = None) -> MotionSignal:
+        """A fresh ``MotionSignal`` with these settings."""
+        return MotionSignal(
+            self.bursts_per_hour,
+            self.events_per_burst,
+            self.event_gap,
+            first_burst_within=self.first_burst_within,
+            seed=seed,
+        )

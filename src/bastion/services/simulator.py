@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from bastion.services.readings import REFERENCE_DEVICES, DeviceSpec, Reading
 from bastion.services.signals import (
     HumiditySignal,
+    MotionProfile,
     MotionSignal,
     TemperatureSignal,
     epoch_seconds,
@@ -37,7 +38,7 @@ class DueReading:
 class _Sensor:
     __slots__ = ("due", "motion", "signal", "spec")
 
-    def __init__(self, spec: DeviceSpec, seed: int) -> None:
+    def __init__(self, spec: DeviceSpec, seed: int, motion: MotionProfile | None) -> None:
         self.spec = spec
         self.due: float | None = None
         self.signal: TemperatureSignal | HumiditySignal | None = None
@@ -47,21 +48,30 @@ class _Sensor:
         elif spec.kind == "humidity":
             self.signal = HumiditySignal(seed=seed)
         else:
-            self.motion = MotionSignal(seed=seed)
+            self.motion = MotionSignal(seed=seed) if motion is None else motion.signal(seed)
 
 
 class SensorSimulator:
     """Simulated sensors sharing one room: humidity follows the room's temperature curve.
 
     Periodic sensors report every ``interval`` (a poll after a long pause reports once, not
-    once per missed interval); motion sensors report each event, timestamped when it happened.
+    once per missed interval); motion sensors report each event, timestamped when it happened,
+    with ``motion`` settings (default: ``MotionSignal``'s own).
     """
 
     __slots__ = ("_room", "_sensors")
 
-    def __init__(self, devices: Iterable[DeviceSpec] = REFERENCE_DEVICES, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        devices: Iterable[DeviceSpec] = REFERENCE_DEVICES,
+        *,
+        seed: int = 0,
+        motion: MotionProfile | None = None,
+    ) -> None:
         self._room = TemperatureSignal(noise=0.0)
-        self._sensors = [_Sensor(spec, seed * 1_000_003 + n) for n, spec in enumerate(devices)]
+        self._sensors = [
+            _Sensor(spec, seed * 1_000_003 + n, motion) for n, spec in enumerate(devices)
+        ]
         names = [sensor.spec.name for sensor in self._sensors]
         if len(set(names)) != len(names):
             raise ValueError("device names must be unique")

@@ -40,9 +40,11 @@ def test_threshold_rule_fires_with_a_qos1_alert() -> None:
         "kind": "overheat",
         "device": "sensor1",
         "ts": "2026-11-26T10:00:01.000Z",
+        "message": "overheat alert from sensor1: value 31.5 > 30",
         "detail": "value 31.5 > 30",
         "topic": "temp/sensor1",
         "value": 31.5,
+        "threshold": 30.0,
     }
     assert engine.stats.raised == 1
 

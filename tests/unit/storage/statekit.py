@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from bastion.storage.base import Store
 from bastion.storage.records import (
     Op,
     StoredInbound,
@@ -17,7 +18,6 @@ from bastion.storage.records import (
     StoredSubscription,
     StoredWill,
 )
-from bastion.storage.base import Store
 from bastion.storage.sqlite import SqliteStore
 
 
