@@ -11,6 +11,7 @@ import click
 from bastion import __version__
 from bastion.cli.acl import acl_group
 from bastion.cli.keys import keys_group
+from bastion.cli.logger import logger_group
 from bastion.cli.passwd import passwd
 from bastion.cli.pki import pki_group
 from bastion.cli.serve import serve
@@ -33,3 +34,4 @@ main.add_command(keys_group)
 main.add_command(sensor)
 main.add_command(alerts)
 main.add_command(doorlock)
+main.add_command(logger_group)
