@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 from bastion.broker.messages import Delivery, Message
 from bastion.broker.sessions import NEVER_EXPIRES, Inflight, SessionState
-from bastion.broker.subscriptions import SubscriptionEntry
+from bastion.broker.subscriptions import SharedGroup, SubscriptionEntry
 from bastion.mqtt.packets import NO_PROPERTIES, PacketType, Properties, Subscription, Will
 from bastion.mqtt.properties import WILL, decode_properties
+from bastion.mqtt.topics import parse_shared
 from bastion.security.policy import ClientIdentity
 from bastion.storage.records import StoredMessage, StoredState
 
@@ -109,8 +110,9 @@ def restore(broker: Broker, stored: StoredState, now: float) -> RestoreReport:
         copy_of = messages.get(entry.msg_id)
         if owner is None or copy_of is None:
             continue
+        group = _group(broker, entry.share_filter) if entry.shared else None
         delivery = Delivery(
-            copy_of, entry.qos, entry.retain, entry.subscription_ids, None, entry.attempts
+            copy_of, entry.qos, entry.retain, entry.subscription_ids, group, entry.attempts
         )
         outbox = owner.outbox
         if entry.packet_id is None:
@@ -169,3 +171,15 @@ def restore(broker: Broker, stored: StoredState, now: float) -> RestoreReport:
         wills,
         stored.skipped + skipped,
     )
+
+
+def _group(broker: Broker, share_filter: str | None) -> SharedGroup:
+    """The shared group a restored copy came through: the live one (so the copy can move to
+    another member, as before the restart), or a detached stand-in when the subscription is
+    gone — either way the copy keeps its identity as a shared copy in the store."""
+    full = share_filter or "$share/restored/#"
+    live = broker.subscriptions.group(full)
+    if live is not None:
+        return live
+    name, topic_filter = parse_shared(full)
+    return SharedGroup(name or "restored", topic_filter)

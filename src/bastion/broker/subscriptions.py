@@ -248,6 +248,16 @@ class SubscriptionTrie:
             self._count += 1
         return is_new
 
+    def group(self, full_filter: str) -> SharedGroup | None:
+        """The shared group of ``$share/{name}/{filter}``, if it has members now."""
+        share, topic_filter = parse_shared(full_filter)
+        node: _Node | None = self._root
+        for level in topic_filter.split("/"):
+            node = node.child(level) if node is not None else None
+        if share is None or node is None or node.groups is None:
+            return None
+        return node.groups.get(share)
+
     def get(self, client_id: str, topic_filter: str) -> SubscriptionEntry | None:
         """The client's entry for this full filter (``$share/`` prefix included), if any."""
         own = self._by_client.get(client_id)

@@ -414,6 +414,9 @@ def resolve_provider(
         return FileKeyProvider(default)
     if not create:
         raise KeyConfigError(
-            f"no master key: {default} does not exist, and neither --key-file nor ${key_env} is set"
+            f"no master key: {default} does not exist, and neither --key-file nor ${key_env} "
+            f"is set; the data in {data_dir} is encrypted under a master key: restore {default} "
+            f"from your backup, or give its location with --key-file (a new key cannot read "
+            f"the old data; Bastion leaves the files untouched)"
         )
     return create_key_file(default)

@@ -425,6 +425,29 @@ def test_every_batch_that_refers_to_a_message_also_stores_it() -> None:
     assert [kind for kind, _ in ops if kind.endswith("_outbox")] == ["put_outbox"]
 
 
+def test_a_restored_shared_copy_stays_a_shared_copy() -> None:
+    """A copy that came through a shared subscription is restored as one: acknowledged after
+    the restart, its row goes (no redelivery after a second restart)."""
+    d = Durable()
+    h = d.harness
+    member = h.connect("member", clean=False, expiry=3600)
+    _subscribe_durably(d, member, "$share/g/t/#", 1)
+    member.drop()
+    h.connect("pub").publish("t/1", b"shared", qos=1, packet_id=1)
+    d.commit()
+    assert [key[2] for key in d.store.outbox] == [True]
+    h = d.restart()
+    back = h.connect("member", clean=False, expiry=3600)
+    [copy] = back.take_publishes()
+    assert copy.payload == b"shared"
+    back.ack(copy)
+    d.commit()
+    assert d.store.outbox == {}  # the shared row itself was deleted
+    h = d.restart()
+    again = h.connect("member", clean=False, expiry=3600)
+    assert again.take_publishes() == []
+
+
 def test_broker_crashes_do_not_use_up_a_copys_delivery_attempts() -> None:
     """max_delivery_attempts bounds resends a client provokes, not restarts of the broker."""
     d = Durable()
