@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,18 +36,6 @@ from bastion.storage.records import (
 )
 from bastion.storage.schema import BROKER_TABLES
 from bastion.storage.sqlite import SqliteStore, open_store
-
-
-@pytest.fixture
-def provider(tmp_path: Path) -> FileKeyProvider:
-    return key_file(tmp_path / "keys")
-
-
-@pytest.fixture
-def store(tmp_path: Path, provider: FileKeyProvider) -> Iterator[SqliteStore]:
-    opened = open_store(tmp_path / "state", provider)
-    yield opened
-    opened.close()
 
 
 def test_every_record_round_trips(store: SqliteStore, provider: FileKeyProvider) -> None:

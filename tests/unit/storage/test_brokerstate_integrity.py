@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from statekit import commit, everything, message, properties, queued
-from storekit import key_file
 
 from bastion.storage import datakeys
 from bastion.storage.database import MIGRATIONS
@@ -29,18 +27,6 @@ SECRET_USER_PROPERTY = b"SECRET-USER-PROPERTY-VALUE"
 SECRET_CORRELATION = b"SECRET-CORRELATION-DATA"
 SECRET_USERNAME = "SECRET-USERNAME-alice"
 SECRET_WILL = b"SECRET-WILL-PAYLOAD"
-
-
-@pytest.fixture
-def provider(tmp_path: Path) -> FileKeyProvider:
-    return key_file(tmp_path / "keys")
-
-
-@pytest.fixture
-def store(tmp_path: Path, provider: FileKeyProvider) -> Iterator[SqliteStore]:
-    opened = open_store(tmp_path / "state", provider)
-    yield opened
-    opened.close()
 
 
 def test_rotation_reseals_broker_records(store: SqliteStore, provider: FileKeyProvider) -> None:

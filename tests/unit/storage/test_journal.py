@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import marshal
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from statekit import everything, message, queued
-from storekit import key_file
 
 from bastion.storage.errors import StorageError
 from bastion.storage.keys import FileKeyProvider
@@ -34,18 +32,6 @@ from bastion.storage.records import (
     StoredWill,
 )
 from bastion.storage.sqlite import SqliteStore, open_store
-
-
-@pytest.fixture
-def provider(tmp_path: Path) -> FileKeyProvider:
-    return key_file(tmp_path / "keys")
-
-
-@pytest.fixture
-def store(tmp_path: Path, provider: FileKeyProvider) -> Iterator[SqliteStore]:
-    opened = open_store(tmp_path / "state", provider)
-    yield opened
-    opened.close()
 
 
 def journal_rows(store: SqliteStore) -> list[tuple[int, str, bytes]]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from storekit import TEST_MIGRATIONS, key_file, open_test_store, write_note
+from storekit import TEST_MIGRATIONS, open_test_store, write_note
 
 from bastion.storage.base import StoreOptions
 from bastion.storage.database import (
@@ -33,11 +33,6 @@ from bastion.storage.errors import (
 )
 from bastion.storage.keys import FileKeyProvider
 from bastion.storage.layout import default_data_dir, ensure_data_dir
-
-
-@pytest.fixture
-def provider(tmp_path: Path) -> FileKeyProvider:
-    return key_file(tmp_path / "keys")
 
 
 @pytest.fixture
