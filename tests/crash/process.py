@@ -2,7 +2,8 @@
 
 Every start is an *incarnation* with a log file of its own; the number of the current one is
 shared with the clients, so each CONNACK they see is tagged with the broker run that sent it.
-Only the process this object started is ever signalled, by its PID.
+Only the process this object started is ever signalled, by its PID; the start, stop and kill
+mechanics are ``support.restartable``'s, shared with the e2e suite.
 
 ``BASTION_TEST_BROKER=mosquitto`` runs Debian's mosquitto instead (no persistence): it is the
 reference the harness itself is validated against in the control run; mosquitto's own
@@ -11,33 +12,16 @@ persistence is periodic, so the kill runs are Bastion-only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import subprocess
 import threading
-import time
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
-from support.brokerproc import (
-    HOST,
-    USING_MOSQUITTO,
-    bastion_cli,
-    free_port,
-    port_accepts,
-)
-
-START_TIMEOUT: Final = 20.0
-STOP_TIMEOUT: Final = 10.0
-REAP_TIMEOUT: Final = 5.0
-START_ATTEMPTS: Final = 3  # only the first start may move to another port (a lost port race)
-
-
-class BrokerStartError(Exception):
-    """The broker exited, or did not accept connections in time."""
+from support.brokerproc import HOST, USING_MOSQUITTO, bastion_cli
+from support.restartable import STOP_TIMEOUT, RestartableProcess
 
 
 class Incarnation:
@@ -58,82 +42,29 @@ class Incarnation:
             return self._value
 
 
-class CrashBroker:
-    """The broker under test, restartable after ``kill9`` on the same port and data dir."""
+class CrashBroker(RestartableProcess):
+    """The broker under test, restartable after ``kill9`` on the same port and data dir.
+
+    Each run is an *incarnation*; its number advances before its process exists, so no
+    CONNACK of the new run can be tagged with the old number.
+    """
+
+    RUN_NOUN = "incarnation"
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.data_dir = workdir / "data"
         self.kind = "mosquitto" if USING_MOSQUITTO else "bastion"
-        self.port = 0
+        super().__init__(workdir, self.kind)
+        self.data_dir = workdir / "data"
         self.incarnation = Incarnation()
-        self.logs: list[Path] = []
-        self.exit_codes: list[int] = []  # one per finished incarnation (-9 after a kill)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
-        workdir.mkdir(parents=True, exist_ok=True)
 
-    # ------------------------------------------------------------------ lifecycle
+    def log_name(self, run: int) -> str:
+        return f"{self.kind}-{run}.log"
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> None:
-        """Start the next incarnation and wait until it accepts TCP connections.
-
-        The first start picks a free port (and another one if it lost a race for it); every
-        restart reuses that port, as a real deployment's clients expect.
-        """
-        assert not self.running(), "the previous incarnation is still running"
-        if self.port:
-            self._launch(self.port)
-            return
-        for attempt in range(START_ATTEMPTS):
-            port = free_port()
-            try:
-                self._launch(port)
-            except BrokerStartError as exc:
-                if attempt + 1 < START_ATTEMPTS and "address already in use" in str(exc).lower():
-                    continue
-                raise
-            self.port = port
-            return
-
-    def _launch(self, port: int) -> None:
+    def before_launch(self, run: int) -> None:
         number = self.incarnation.advance()
-        log_path = self.workdir / f"{self.kind}-{number}.log"
-        self.logs.append(log_path)
-        self._log_file = log_path.open("wb")
-        self._proc = subprocess.Popen(
-            self._command(port),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            start_new_session=True,  # our signals only: a terminal's Ctrl-C must not reach it
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._reaped(self._proc.returncode)
-                raise BrokerStartError(
-                    f"{self.kind} incarnation {number} exited with {self.exit_codes[-1]} before "
-                    f"accepting connections on port {port}\n{self.log_tail(-1)}"
-                )
-            if port_accepts(port):
-                return
-            time.sleep(0.02)
-        self.kill9()
-        raise BrokerStartError(
-            f"{self.kind} incarnation {number} did not accept connections on {HOST}:{port} "
-            f"within {START_TIMEOUT}s\n{self.log_tail(-1)}"
-        )
+        assert number == run, f"incarnation {number} does not match run {run}"
 
-    def _command(self, port: int) -> list[str]:
+    def command(self, port: int) -> list[str]:
         if USING_MOSQUITTO:
             exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
             conf = self.workdir / "mosquitto.conf"
@@ -162,68 +93,22 @@ class CrashBroker:
             "json",
         ]
 
-    def kill9(self) -> None:
-        """SIGKILL our own broker process (by PID) and reap it."""
-        proc = self._proc
-        assert proc is not None, "no broker was started"
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-        try:
-            code = proc.wait(REAP_TIMEOUT)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-            raise AssertionError(f"pid {proc.pid} survived SIGKILL for {REAP_TIMEOUT}s") from None
-        self._reaped(code)
-
     def stop(self) -> int | None:
         """SIGTERM the current incarnation, wait (bounded), SIGKILL it if it hangs.
 
-        Returns its exit code, or None when nothing was running.
+        Returns its exit code (-9 when it had to be killed), or None when nothing was running.
         """
-        proc = self._proc
-        if proc is None:
+        if self.pid is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                code = proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-                return -int(signal.SIGKILL)
-        else:
-            code = proc.returncode
-        self._reaped(code)
-        return code
-
-    def _reaped(self, code: int) -> None:
-        self.exit_codes.append(code)
-        self._proc = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        code = self.stop_with(signal.SIGTERM, STOP_TIMEOUT)
+        return -int(signal.SIGKILL) if code is None else code
 
     # ------------------------------------------------------------------ logs
-
-    def log_text(self, index: int) -> str:
-        try:
-            return self.logs[index].read_bytes().decode("utf-8", "replace")
-        except (OSError, IndexError) as exc:
-            return f"<broker log unavailable: {exc}>"
-
-    def log_tail(self, index: int, lines: int = 40) -> str:
-        text = self.log_text(index).splitlines()
-        head = f"--- {self.kind} log {index if index >= 0 else len(self.logs) + index + 1} ---"
-        return "\n".join([head, *text[-lines:]])
 
     def log_digest(self, tail_lines: int = 30, max_notable: int = 60) -> str:
         """What a failure report needs from the logs of every incarnation: how each one
         started and what it restored, its warnings and errors, and the tail of the last one."""
-        notable: list[str] = []
-        for number in range(1, len(self.logs) + 1):
-            for line in self.log_text(number - 1).splitlines():
-                if _is_notable(line):
-                    notable.append(f"[{number}] {line}")
+        notable = [f"[{number}] {line}" for number, line in self.log_lines(_is_notable)]
         shown = notable[:max_notable]
         if len(notable) > max_notable:
             shown.append(f"... {len(notable) - max_notable} more notable lines in {self.workdir}")

@@ -12,7 +12,6 @@ A failed test gets the digest of every broker log it produced in its report.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -20,20 +19,17 @@ import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
 import pytest
 
-from support.brokerproc import HOST, bastion_cli, free_port, port_accepts
+from support.brokerproc import HOST, bastion_cli, free_port
 from support.clients import loopback_address
 from support.pahoclient import V5, PahoClient, PahoWill, PropInput
 from support.rawclient import MQTT_5, RawClient
+from support.restartable import REAP_TIMEOUT, STOP_TIMEOUT, RestartableProcess
 
-START_TIMEOUT: Final = 20.0
-STOP_TIMEOUT: Final = 10.0
-REAP_TIMEOUT: Final = 5.0
 CLI_TIMEOUT: Final = 60.0
-START_ATTEMPTS: Final = 3
 ISOLATED_ENV: Final = ("BASTION_MASTER_KEY", "BASTION_DATA_DIR")
 
 
@@ -50,11 +46,13 @@ def process_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, 
     return env
 
 
-class BrokerStartError(Exception):
-    """The broker exited, or did not accept connections in time."""
+def _notable(line: str) -> bool:
+    """A warning, an error, a traceback or a restore report in a JSON log line."""
+    lowered = line.lower()
+    return any(w in lowered for w in ('"warning"', '"error"', "traceback", "restored"))
 
 
-class ServeProcess:
+class ServeProcess(RestartableProcess):
     """One ``bastion serve`` command line, started again and again on the same port.
 
     The first start picks a free port (another one if it lost a race for it); each start is
@@ -70,17 +68,10 @@ class ServeProcess:
         env: Mapping[str, str | None] | None = None,
         cwd: Path | None = None,
     ) -> None:
-        self.workdir = workdir
-        self.name = name
+        super().__init__(workdir, name)
         self.args = list(args)
         self.env = process_env(env)
         self.cwd = cwd
-        self.port = 0
-        self.logs: list[Path] = []
-        self.exit_codes: list[int] = []
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
-        workdir.mkdir(parents=True, exist_ok=True)
 
     def command(self, port: int | None = None) -> list[str]:
         """``bastion serve --listen 127.0.0.1:PORT --allow-anonymous ARGS --log-format json``."""
@@ -96,133 +87,27 @@ class ServeProcess:
             "json",
         ]
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+    def launch_env(self) -> dict[str, str]:
+        return self.env
 
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> None:
-        """Start a run and wait until it accepts TCP connections (at most START_TIMEOUT)."""
-        assert not self.running(), f"{self.name}: the previous run is still running"
-        if self.port:
-            self._launch(self.port)
-            return
-        for attempt in range(START_ATTEMPTS):
-            port = free_port()
-            try:
-                self._launch(port)
-            except BrokerStartError as exc:
-                if attempt + 1 < START_ATTEMPTS and "address already in use" in str(exc).lower():
-                    continue
-                raise
-            self.port = port
-            return
-
-    def _launch(self, port: int) -> None:
-        log_path = self.workdir / f"{self.name}-run{len(self.logs) + 1}.log"
-        self.logs.append(log_path)
-        self._log_file = log_path.open("wb")
-        cmd = self.command(port)
-        self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.cwd,
-            start_new_session=True,  # only our own signals reach it
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._reaped(self._proc.returncode)
-                raise BrokerStartError(
-                    f"{' '.join(cmd)} exited with {self.exit_codes[-1]} before accepting "
-                    f"connections\n{self.log_tail()}"
-                )
-            if port_accepts(port):
-                return
-            time.sleep(0.02)
-        self.kill9()
-        raise BrokerStartError(
-            f"{' '.join(cmd)} did not accept connections within {START_TIMEOUT}s\n{self.log_tail()}"
-        )
+    def launch_cwd(self) -> Path | None:
+        return self.cwd
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """Send ``sig`` to our run (by PID) and reap it; SIGKILL it if it hangs (then fail)."""
-        proc = self._proc
-        assert proc is not None, f"{self.name}: not running"
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, sig)
-            try:
-                code = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-                raise AssertionError(
-                    f"{self.name} (pid {proc.pid}) ignored {sig.name} for {timeout}s and was "
-                    f"killed\n{self.log_tail()}"
-                ) from None
-        else:
-            code = proc.returncode
-        self._reaped(code)
+        pid = self.pid
+        assert pid is not None, f"{self.name}: not running"
+        code = self.stop_with(sig, timeout)
+        if code is None:
+            raise AssertionError(
+                f"{self.name} (pid {pid}) ignored {sig.name} for {timeout}s and was "
+                f"killed\n{self.log_tail()}"
+            )
         return code
-
-    def kill9(self) -> int:
-        """SIGKILL our run (by PID) and reap it."""
-        proc = self._proc
-        assert proc is not None, f"{self.name}: not running"
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-        code = proc.wait(REAP_TIMEOUT)
-        self._reaped(code)
-        return code
-
-    def _reaped(self, code: int) -> None:
-        self.exit_codes.append(code)
-        self._proc = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    # ----------------------------------------------------------------- logs
-
-    def log_text(self, run: int = -1) -> str:
-        try:
-            return self.logs[run].read_bytes().decode("utf-8", "replace")
-        except (OSError, IndexError) as exc:
-            return f"<log unavailable: {exc}>"
-
-    def events(self, run: int = -1) -> list[dict[str, object]]:
-        """The JSON log records of a run (other lines, e.g. a traceback, are skipped)."""
-        records: list[dict[str, object]] = []
-        for line in self.log_text(run).splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    records.append(record)
-        return records
-
-    def find_events(self, event: str, run: int = -1) -> list[dict[str, object]]:
-        return [record for record in self.events(run) if record.get("event") == event]
-
-    def log_tail(self, run: int = -1, lines: int = 40) -> str:
-        text = self.log_text(run).splitlines()
-        return "\n".join(
-            [f"--- {self.name} log ({self.logs[run] if self.logs else '-'}) ---", *text[-lines:]]
-        )
 
     def digest(self) -> str:
         """Warnings, errors and restore reports of every run, then the tail of the last."""
-        notable: list[str] = []
-        for run in range(len(self.logs)):
-            for line in self.log_text(run).splitlines():
-                lowered = line.lower()
-                if any(w in lowered for w in ('"warning"', '"error"', "traceback", "restored")):
-                    notable.append(f"[run {run + 1}] {line}")
+        notable = [f"[run {run}] {line}" for run, line in self.log_lines(_notable)]
         head = f"=== {self.name}: {len(self.logs)} run(s), exit codes {self.exit_codes} ==="
         parts = [head, *notable[:60]]
         if self.logs:
