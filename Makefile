@@ -13,7 +13,7 @@ help:
 	@echo "make venv       create .venv and install bastion[dev] (editable)"
 	@echo "make test       lint, type-check, import contracts, then pytest"
 	@echo "make lint       ruff check, ruff format --check, mypy, lint-imports, docs check"
-	@echo "make demo       run the quick demo (python -m bastion.demo_quick)"
+	@echo "make demo       run the reference system (bastion demo; options: make demo ARGS='--attack')"
 	@echo "make docs       regenerate the settings tables in docs/configuration.md"
 	@echo "make bench      Bastion vs Mosquitto benchmarks (~15 min; writes benchmarks/results/)"
 	@echo "make bench-quick  the same, ~2 s per scenario and 1 run (a smoke run)"
@@ -40,8 +40,10 @@ test: lint
 	if [ $$status -eq 5 ]; then echo "pytest: no tests collected (treated as success)"; \
 	else exit $$status; fi
 
+# The README's first command: the whole reference system, secured, from nothing (state in
+# ./bastion-demo, reused by the next run). Pass options through ARGS, e.g. ARGS='--attack'.
 demo: venv
-	$(BIN)/python -m bastion.demo_quick
+	$(BIN)/bastion demo $(ARGS)
 
 docs: venv
 	$(BIN)/python scripts/gen_config_docs.py

@@ -10,6 +10,7 @@ import click
 
 from bastion import __version__
 from bastion.cli.acl import acl_group
+from bastion.cli.demo import demo
 from bastion.cli.keys import keys_group
 from bastion.cli.logger import logger_group
 from bastion.cli.passwd import passwd
@@ -31,6 +32,7 @@ main.add_command(pki_group)
 main.add_command(passwd)
 main.add_command(acl_group)
 main.add_command(keys_group)
+main.add_command(demo)
 main.add_command(sensor)
 main.add_command(alerts)
 main.add_command(doorlock)
