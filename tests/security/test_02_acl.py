@@ -320,6 +320,12 @@ def test_cross_user_client_id_takeover_is_refused(
     assert alice.is_connected() and alice.disconnected_info() is None
     topic, payload = publish_sentinel(admin, f"sec/alice/{ns}/still-mine")
     expect_first(alice, topic, payload)
+    if broker.kind == "bastion":  # audited as what it is: not a wrong password
+        log = broker.log_text()
+        for thief, stolen_id in attempts:
+            assert any(
+                "client_id_denied" in line and stolen_id in line for line in log.splitlines()
+            ), f"no client_id_denied record for {thief} as {stolen_id}"
 
 
 @VERSIONS

@@ -246,7 +246,14 @@ class InboundPublishes:
                 router.backpressure.hold(session, router.congested, now)
                 router.congested.clear()
         else:
-            log.debug("publish.denied", client_id=state.client_id, topic=packet.topic)
+            self.security.hit(
+                Defence.ACL_DENIED,
+                session.identity,
+                now,
+                reason=ReasonCode.NOT_AUTHORIZED,
+                detail="publish not allowed by the ACL",
+                topic=packet.topic,
+            )
         packet_id = packet.packet_id
         if packet_id is None:
             return

@@ -46,6 +46,7 @@ AUDIT_KIND: Final[Mapping[Defence, SecurityEventKind]] = MappingProxyType(
         _D.AWAITING_REL_TIMEOUT: _A.LIMIT_EXCEEDED,
         _D.QUEUE_FULL: _A.LIMIT_EXCEEDED,
         _D.REDELIVERY_EXHAUSTED: _A.REDELIVERY_LIMIT,
+        _D.ACL_DENIED: _A.ACL_DENIED,
     }
 )
 

@@ -46,6 +46,7 @@ class BrokerStats:
     awaiting_rel_expired: int = 0  # QoS 2 ids forgotten after awaiting_rel_timeout
     messages_dropped_queue_full: int = 0  # copies over max_queued_messages / _bytes
     messages_dropped_redelivery: int = 0  # flows abandoned after max_delivery_attempts
+    acl_denied: int = 0  # PUBLISH / SUBSCRIBE refused by the ACL
     # Persistence (kept by the core and the runtime's group committer).
     store_refused: int = 0  # QoS 1/2 messages refused (0x97 / 0x80 / closed): store full or failing
     store_write_failures: int = 0  # group commits that failed
@@ -81,6 +82,7 @@ class Defence(StrEnum):
     AWAITING_REL_TIMEOUT = "awaiting_rel_timeout"  # a QoS 2 id waited awaiting_rel_timeout
     QUEUE_FULL = "queue_full"  # max_queued_messages / max_queued_bytes: copies dropped
     REDELIVERY_EXHAUSTED = "redelivery_exhausted"  # max_delivery_attempts: flows dropped
+    ACL_DENIED = "acl_denied"  # a PUBLISH or SUBSCRIBE the ACL does not allow
 
 
 # The BrokerStats counter each defence adds to.
@@ -97,6 +99,7 @@ COUNTER_OF: Final[Mapping[Defence, str]] = MappingProxyType(
         Defence.AWAITING_REL_TIMEOUT: "awaiting_rel_expired",
         Defence.QUEUE_FULL: "messages_dropped_queue_full",
         Defence.REDELIVERY_EXHAUSTED: "messages_dropped_redelivery",
+        Defence.ACL_DENIED: "acl_denied",
     }
 )
 

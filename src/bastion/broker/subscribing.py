@@ -140,6 +140,15 @@ class SubscriptionRequests:
         refusal = self._subscription_limit(session, sub.topic_filter, now)
         if refusal is None:
             refusal = self._subscription_refusal(session, share, topic_filter)
+            if refusal == ReasonCode.NOT_AUTHORIZED:
+                self.security.hit(
+                    Defence.ACL_DENIED,
+                    session.identity,
+                    now,
+                    reason=refusal,
+                    detail="subscription not allowed by the ACL",
+                    topic=sub.topic_filter,
+                )
         if refusal is not None:
             log.debug("subscribe.refused", client_id=session.client_id, reason=refusal)
             return (refusal if v5 else _SUBACK_FAILURE_V311), False

@@ -402,7 +402,17 @@ class MqttClientProtocol(asyncio.BufferedProtocol):
         if self._claimed_username is not None and self._claimed_username != username:
             username = self._claimed_username  # enhanced authentication named the user
             wait = max(wait, defences.auth_failures.connack_delay(self.ip, username, now))
-        if result.reason_code:
+        if result.reason_code == ReasonCode.CLIENT_IDENTIFIER_NOT_VALID:
+            # Right credentials, someone else's client id (a takeover attempt, or a device
+            # set up wrongly): refused and reported, but no password failure to ban for.
+            self._report(
+                SecurityEventKind.CLIENT_ID_DENIED,
+                result.message,
+                now,
+                reason=result.reason_code,
+                connect=packet,
+            )
+        elif result.reason_code:
             outcome = defences.auth_failures.record_failure(self.ip, username, now)
             self._report(
                 SecurityEventKind.AUTH_FAILURE,

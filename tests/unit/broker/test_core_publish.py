@@ -17,6 +17,7 @@ from bastion.mqtt.packets import (
     Subscription,
 )
 from bastion.mqtt.reason_codes import ReasonCode
+from bastion.security.audit import SecurityEventKind
 
 
 def test_qos0_is_forwarded_without_acknowledgement() -> None:
@@ -193,6 +194,10 @@ def test_unauthorized_publish() -> None:
     v311.send(Pubrel(4))
     assert v311.take() == [Pubcomp(4)]
     assert sub.take() == []
+    # Audited: every refusal counted, the first of each client's episode reported.
+    assert h.stats.acl_denied == 4
+    denied = [e for e in h.events.events if e.kind == SecurityEventKind.ACL_DENIED]
+    assert [(e.client_id, e.topic) for e in denied] == [("v5", "secret"), ("v311", "secret")]
 
 
 def test_clients_may_not_publish_to_sys() -> None:

@@ -10,6 +10,7 @@ from brokerkit import DenyingPolicy, Harness
 
 from bastion.mqtt.packets import Properties, Subscribe, Subscription
 from bastion.mqtt.reason_codes import ReasonCode
+from bastion.security.audit import SecurityEventKind
 
 
 def test_suback_grants_at_most_the_server_maximum_qos() -> None:
@@ -44,6 +45,9 @@ def test_not_authorized_subscription() -> None:
     assert v311.subscribe("secret/#").reason_codes == (0x80,)
     # A shared subscription is authorized on its topic filter, without the $share prefix.
     assert v5.subscribe("$share/g/secret/#").reason_codes == (ReasonCode.NOT_AUTHORIZED,)
+    assert h.stats.acl_denied == 3  # audited: counted, first of each client's episode reported
+    denied = [e for e in h.events.events if e.kind == SecurityEventKind.ACL_DENIED]
+    assert [(e.client_id, e.topic) for e in denied] == [("v5", "secret/#"), ("v311", "secret/#")]
 
 
 def test_feature_switches() -> None:
