@@ -211,7 +211,7 @@ def test_readings_are_stored_sealed_and_queried(
     assert logger.stop(signal.SIGTERM) == 0
     stopped = logger.events("logger.stopped")
     assert stopped and stopped[0]["total"] == len(query(e2e_backend, "--limit", "0")) >= 41
-    assert logger.events("client.disconnected")[-1]["reason"] == "Normal disconnection"
+    assert logger.events("client.disconnected")[-1]["reason"] == "normal"
 
 
 def test_nothing_is_lost_across_a_kill_and_an_absence(
@@ -270,4 +270,4 @@ def test_duration_ends_the_run_cleanly(tmp_path: Path, start_logger: LoggerFacto
     assert logger.wait(CLI_TIMEOUT) == 0
     assert 2.0 <= time.monotonic() - started < 30
     assert logger.events("logger.stopped")
-    assert logger.events("client.disconnected")[-1]["reason"] == "Normal disconnection"
+    assert logger.events("client.disconnected")[-1]["reason"] == "normal"

@@ -1,8 +1,9 @@
 """Command-line plumbing shared by the service commands (sensor, alerts, doorlock, logger).
 
 ``client_options`` adds the connection options and ``endpoint_from_context`` turns them into a
-``services.netclient.Endpoint``; ``run_options`` adds ``--duration``/``--log-format``, and
-``stop_on_signals`` turns SIGINT/SIGTERM into an event the runners watch.
+``services.endpoint.Endpoint``; ``run_options`` adds ``--duration``/``--log-format``,
+``stop_on_signals`` turns SIGINT/SIGTERM into an event the runners watch, and ``serve`` runs
+a service within those bounds, turning a failed connection into one line and exit 1.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -21,21 +22,27 @@ import click
 
 from bastion.errors import ConfigError
 from bastion.ops.logging import configure_logging
-from bastion.services.netclient import DEFAULT_PORT, Endpoint
+from bastion.services.endpoint import DEFAULT_PORT, ConnectError, Endpoint
+from bastion.services.netclient import RunBounds
 
 __all__ = [
     "EXIT_CONNECT_FAILED",
+    "EXIT_USAGE",
     "PASSWORD_ENV",
+    "apply_options",
     "client_options",
     "configure_service_logging",
     "endpoint_from_context",
+    "positive_seconds",
     "read_password_file",
     "run_options",
+    "serve",
     "stop_on_signals",
 ]
 
 PASSWORD_ENV: Final = "BASTION_PASSWORD"
 EXIT_CONNECT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
 MAX_PASSWORD_BYTES: Final = 1024
 _META_KEY: Final = "bastion.client_options"
 
@@ -60,6 +67,13 @@ def read_password_file(path: Path) -> str:
         return line.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"password file {path}: the password is not UTF-8") from None
+
+
+def apply_options(func: F, options: Sequence[Callable[[F], F]]) -> F:
+    """Decorate ``func`` with click ``options``, listed as they appear in ``--help``."""
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def _store(ctx: click.Context, param: click.Parameter, value: object) -> object:
@@ -134,9 +148,7 @@ _CLIENT_OPTIONS: Final[tuple[Callable[[F], F], ...]] = (
 def client_options(func: F) -> F:
     """Add ``--host --port --cafile --certfile --keyfile --username --password-file
     --client-id`` to a command; read them back with ``endpoint_from_context``."""
-    for option in reversed(_CLIENT_OPTIONS):
-        func = option(func)
-    return func
+    return apply_options(func, _CLIENT_OPTIONS)
 
 
 def endpoint_from_context(
@@ -178,9 +190,10 @@ def _option_names(message: str) -> str:
     )
 
 
-def _check_duration(
+def positive_seconds(
     ctx: click.Context, param: click.Parameter, value: float | None
 ) -> float | None:
+    """Option callback: None, or a finite number of seconds above 0."""
     if value is not None and not (math.isfinite(value) and value > 0):
         raise click.BadParameter("must be a positive number of seconds", ctx=ctx, param=param)
     return value
@@ -190,7 +203,7 @@ _RUN_OPTIONS: Final[tuple[Callable[[F], F], ...]] = (
     click.option(
         "--duration",
         type=float,
-        callback=_check_duration,
+        callback=positive_seconds,
         metavar="SECONDS",
         help="Stop cleanly after SECONDS [default: run until SIGINT/SIGTERM].",
     ),
@@ -206,9 +219,7 @@ _RUN_OPTIONS: Final[tuple[Callable[[F], F], ...]] = (
 
 def run_options(func: F) -> F:
     """Add ``--duration SECONDS`` and ``--log-format text|json`` (exposed as parameters)."""
-    for option in reversed(_RUN_OPTIONS):
-        func = option(func)
-    return func
+    return apply_options(func, _RUN_OPTIONS)
 
 
 def configure_service_logging(log_format: str, level: str = "info") -> None:
@@ -236,3 +247,17 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def serve(ctx: click.Context, run: Callable[[RunBounds], object], duration: float | None) -> None:
+    """Run a service until SIGINT/SIGTERM or ``duration``; one line and exit 1 if it cannot
+    connect, exit 2 for a bad setting found only now (e.g. an unreadable CA file)."""
+    with stop_on_signals() as stop:
+        try:
+            run(RunBounds(stop, duration))
+        except ConnectError as exc:
+            click.echo(f"bastion: error: {exc}", err=True)
+            ctx.exit(EXIT_CONNECT_FAILED)
+        except ConfigError as exc:
+            click.echo(f"bastion: error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)

@@ -2,6 +2,8 @@
 
 Thin on purpose: the work is in ``bastion.storage`` (``datakeys``, ``keys``, ``registry``);
 this module resolves the data directory and master key, calls in, and prints the outcome.
+The data logger's ``logger.db`` in the same directory shares the master key: master-key
+rotation re-wraps its data keys too, retirement checks it, and ``status`` shows it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from bastion.storage.database import Database, open_database
 from bastion.storage.errors import KeyStateError, StorageError
 from bastion.storage.keys import DEFAULT_KEY_ENV, resolve_provider
 from bastion.storage.layout import DATA_DIR_ENV, database_path, default_data_dir, ensure_data_dir
+from bastion.storage.logstore_rows import logger_database_path
+from bastion.storage.logstore_sqlite import open_logger_database
 from bastion.storage.registry import TamperedSet, reencrypt_batch
 
 __all__ = ["keys_group"]
@@ -103,7 +107,8 @@ def init_command(
     "--master",
     is_flag=True,
     help="Rotate the master key instead: add a new one to the key file (or use the new key "
-    "put first in the environment variable) and re-wrap every data key with it.",
+    "put first in the environment variable) and re-wrap every data key with it, the data "
+    "logger's (DATA_DIR/logger.db) included.",
 )
 @_data_dir_option
 @_key_file_option
@@ -124,12 +129,20 @@ def rotate_command(
     with _handled(ctx), _database(directory) as database:
         provider = resolve_provider(directory, key_file=key_file, key_env=key_env)
         if master:
-            result = datakeys.rotate_master_key(database, provider)
+            with _logger_database(directory) as logger:
+                also = () if logger is None else (logger,)
+                result = datakeys.rotate_master_key(database, provider, also=also)
             made = "new master key" if result.created else "master key"
             click.echo(
                 f"The {made} {result.current} now wraps every data key "
                 f"({result.rewrapped} re-wrapped)."
             )
+            if logger is not None:
+                count = result.also[0]
+                click.echo(
+                    f"It also wraps the data logger's data keys in {logger.path} "
+                    f"({count} re-wrapped)."
+                )
             for old in sorted(result.previous - {result.current}):
                 click.echo(f"Master key {old} is unused now: `bastion keys retire {old}`.")
             return
@@ -163,7 +176,8 @@ def status_command(
     key_env: str,
 ) -> None:
     """Show every data key: state, records it still seals, whether it can be retired; and
-    whether the master key opens this database (the key itself is never printed)."""
+    whether the master key opens this database (the key itself is never printed). The data
+    logger's DATA_DIR/logger.db, if present, is shown too: it uses the same master key."""
     directory = data_dir or default_data_dir()
     with _handled(ctx), _database(directory) as database:
         status = _gather(database, directory, key_file, key_env)
@@ -189,12 +203,20 @@ def retire_command(
 ) -> None:
     """Retire KEYID once nothing uses it: a data key (dk-...) has its key material erased
     from the database; an old master key (mk-...) is deleted from the key file. Refused
-    (exit 1) while records or data keys still depend on it."""
+    (exit 1) while records or data keys still depend on it.
+
+    A master key is also refused while it wraps a data key of the data logger's
+    DATA_DIR/logger.db: retire never re-wraps keys (it only deletes one nothing needs);
+    `bastion keys rotate --master` re-wraps both databases first. A logger keeping its
+    messages in PostgreSQL is not seen here: start it once after the rotation (it re-wraps
+    its keys when it starts) before retiring the old master key."""
     directory = data_dir or default_data_dir()
     with _handled(ctx), _database(directory) as database:
         if key_id.startswith("mk-"):
             provider = resolve_provider(directory, key_file=key_file, key_env=key_env)
-            datakeys.retire_master_key(database, provider, key_id)
+            with _logger_database(directory) as logger:
+                also = () if logger is None else (logger,)
+                datakeys.retire_master_key(database, provider, key_id, also=also)
             click.echo(f"Master key {key_id} was deleted from {provider.description}.")
             return
         datakeys.retire_data_key(database, key_id)
@@ -265,6 +287,30 @@ def _database(directory: Path, *, create: bool = False) -> Iterator[Database]:
         database.close()
 
 
+@contextmanager
+def _logger_database(directory: Path) -> Iterator[Database | None]:
+    """The data logger's ``logger.db`` beside ``bastion.db``, or None if it has none."""
+    database = open_logger_database(directory)
+    try:
+        yield database
+    finally:
+        if database is not None:
+            database.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _LoggerStatus:
+    """The data logger's database in the same data directory (it shares the master key)."""
+
+    database: Path
+    schema_version: int | None
+    """None if the file could not be opened (``error`` says why)."""
+    keys: Sequence[datakeys.DataKeyStatus]
+    usage: dict[str, int]
+    error: str | None
+    """Why it cannot be opened, or why the master key does not open its data keys."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Status:
     """What ``bastion keys status`` reports, gathered in one read of the database."""
@@ -279,6 +325,7 @@ class _Status:
     master_current: str | None
     master_held: tuple[str, ...]
     master_error: str | None
+    logger: _LoggerStatus | None
 
 
 def _gather(database: Database, directory: Path, key_file: Path | None, key_env: str) -> _Status:
@@ -295,16 +342,50 @@ def _gather(database: Database, directory: Path, key_file: Path | None, key_env:
     except StorageError as problem:
         error = str(problem)
     return _Status(
-        directory, database.path, database.schema_version, keys, usage, source, current, held, error
+        directory,
+        database.path,
+        database.schema_version,
+        keys,
+        usage,
+        source,
+        current,
+        held,
+        error,
+        _gather_logger(directory, key_file, key_env),
     )
 
 
+def _gather_logger(directory: Path, key_file: Path | None, key_env: str) -> _LoggerStatus | None:
+    path = logger_database_path(directory)
+    try:
+        database = open_logger_database(directory)
+    except StorageError as problem:
+        return _LoggerStatus(path, None, (), {}, str(problem))
+    if database is None:
+        return None
+    try:
+        keys = datakeys.data_key_status(database)
+        with database.snapshot() as connection:
+            usage = datakeys.master_key_usage(connection)
+        error = None
+        try:
+            provider = resolve_provider(directory, key_file=key_file, key_env=key_env)
+            datakeys.load_keyring(database, provider)
+        except StorageError as problem:
+            error = str(problem)
+        return _LoggerStatus(path, database.schema_version, keys, usage, error)
+    finally:
+        database.close()
+
+
 def _as_json(status: _Status) -> dict[str, object]:
+    logger = status.logger
+    logger_usage = {} if logger is None else logger.usage
     return {
         "data_dir": str(status.directory),
         "database": str(status.database),
         "schema_version": status.schema_version,
-        "current_data_key": next((k.key.id for k in status.keys if k.key.current), None),
+        "current_data_key": _current_key(status.keys),
         "master": {
             "ok": status.master_error is None,
             "error": status.master_error,
@@ -315,26 +396,51 @@ def _as_json(status: _Status) -> dict[str, object]:
                     "id": master_id,
                     "current": master_id == status.master_current,
                     "data_keys": status.usage.get(master_id, 0),
+                    "logger_data_keys": logger_usage.get(master_id, 0),
                 }
                 for master_id in status.master_held
             ],
         },
-        "data_keys": [
-            {
-                "id": k.key.id,
-                "state": k.key.state,
-                "current": k.key.current,
-                "master_id": k.key.master_id,
-                "created_at": k.key.created_at.isoformat(),
-                "retired_at": None if k.key.retired_at is None else k.key.retired_at.isoformat(),
-                "sealed": k.key.sealed,
-                "records": k.records,
-                "retirable": k.retirable,
-                "note": k.note,
-            }
-            for k in status.keys
-        ],
+        "data_keys": [_key_json(k, k.note) for k in status.keys],
+        "logger": None
+        if logger is None
+        else {
+            "database": str(logger.database),
+            "schema_version": logger.schema_version,
+            "ok": logger.error is None,
+            "error": logger.error,
+            "current_data_key": _current_key(logger.keys),
+            "data_keys": [_key_json(k, _logger_note(k)) for k in logger.keys],
+        },
     }
+
+
+def _current_key(keys: Sequence[datakeys.DataKeyStatus]) -> str | None:
+    return next((k.key.id for k in keys if k.key.current), None)
+
+
+def _key_json(k: datakeys.DataKeyStatus, note: str) -> dict[str, object]:
+    return {
+        "id": k.key.id,
+        "state": k.key.state,
+        "current": k.key.current,
+        "master_id": k.key.master_id,
+        "created_at": k.key.created_at.isoformat(),
+        "retired_at": None if k.key.retired_at is None else k.key.retired_at.isoformat(),
+        "sealed": k.key.sealed,
+        "records": k.records,
+        "retirable": k.retirable,
+        "note": note,
+    }
+
+
+def _logger_note(k: datakeys.DataKeyStatus) -> str:
+    """The logger's own command moves and retires its data keys, not `bastion keys`."""
+    if k.retirable:
+        return "unused: `bastion logger rekey` retires it"
+    if k.records and not k.key.current and k.key.state == "active":
+        return "still in use: `bastion logger rekey` re-encrypts its records"
+    return k.note
 
 
 def _print_status(status: _Status) -> None:
@@ -347,6 +453,25 @@ def _print_status(status: _Status) -> None:
     else:
         click.echo(f"Master key      NOT USABLE: {status.master_error}")
     click.echo("")
+    _print_keys(status.keys, [k.note for k in status.keys])
+    logger = status.logger
+    if logger is not None:
+        click.echo("")
+        if logger.schema_version is None:
+            click.echo(f"Logger database {logger.database}: NOT USABLE: {logger.error}")
+        else:
+            click.echo(f"Logger database {logger.database} (schema {logger.schema_version})")
+            opens = "opens it" if logger.error is None else f"NOT USABLE: {logger.error}"
+            click.echo(f"Master key      {opens}")
+            click.echo("")
+            _print_keys(logger.keys, [_logger_note(k) for k in logger.keys])
+    if not status.master_held:
+        return
+    click.echo("")
+    _print_masters(status)
+
+
+def _print_keys(keys: Sequence[datakeys.DataKeyStatus], notes: Sequence[str]) -> None:
     rows = [("DATA KEY", "STATE", "MASTER KEY", "CREATED (UTC)", "SEALED", "RECORDS", "NOTE")]
     rows += [
         (
@@ -356,21 +481,31 @@ def _print_status(status: _Status) -> None:
             f"{k.key.created_at:%Y-%m-%d %H:%M}",
             str(k.key.sealed),
             str(k.records),
-            k.note,
+            note,
         )
-        for k in status.keys
+        for k, note in zip(keys, notes, strict=True)
     ]
     _print_rows(rows, numeric=(4, 5))
-    if not status.master_held:
-        return
-    click.echo("")
-    masters = [("MASTER KEY", "CURRENT", "DATA KEYS", "NOTE")]
+
+
+def _print_masters(status: _Status) -> None:
+    """The master keys the provider holds and the data keys each wraps (with a LOGGER KEYS
+    column when the data directory has a logger database)."""
+    logger = status.logger
+    header = ("MASTER KEY", "CURRENT", "DATA KEYS", "LOGGER KEYS", "NOTE")
+    masters: list[tuple[str, ...]] = [header if logger is not None else header[:3] + header[4:]]
     for master_id in status.master_held:
         current = master_id == status.master_current
-        users = status.usage.get(master_id, 0)
-        note = "" if current or users else f"unused: `bastion keys retire {master_id}`"
-        masters.append((master_id, "yes" if current else "no", str(users), note))
-    _print_rows(masters, numeric=(2,))
+        row = [master_id, "yes" if current else "no", str(status.usage.get(master_id, 0))]
+        in_use = current or status.usage.get(master_id, 0) > 0
+        if logger is not None:
+            readable = logger.schema_version is not None
+            users = logger.usage.get(master_id, 0)
+            row.append(str(users) if readable else "?")
+            in_use = in_use or users > 0 or not readable  # unknown counts as in use
+        note = "" if in_use else f"unused: `bastion keys retire {master_id}`"
+        masters.append((*row, note))
+    _print_rows(masters, numeric=(2, 3) if logger is not None else (2,))
 
 
 def _print_rows(rows: Sequence[tuple[str, ...]], numeric: tuple[int, ...]) -> None:

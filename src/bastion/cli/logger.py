@@ -18,16 +18,15 @@ from typing import Any, Literal, NoReturn, TextIO, TypeVar
 import click
 
 from bastion.cli.clientopts import (
-    EXIT_CONNECT_FAILED,
+    apply_options,
     client_options,
     configure_service_logging,
     endpoint_from_context,
     run_options,
-    stop_on_signals,
+    serve,
 )
 from bastion.ops.logging import configure_logging
 from bastion.services.datalogger import LoggerSettings, run_logger
-from bastion.services.netclient import ConnectError
 from bastion.storage.errors import StorageError
 from bastion.storage.keys import DEFAULT_KEY_ENV
 from bastion.storage.layout import DATA_DIR_ENV, default_data_dir
@@ -87,9 +86,7 @@ def _store_options(func: F) -> F:
             "STATE_DIR/master.key, created on first start].",
         ),
     )
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return apply_options(func, options)
 
 
 def _filter_options(func: F) -> F:
@@ -111,9 +108,7 @@ def _filter_options(func: F) -> F:
         ),
         click.option("--until", metavar="WHEN", help="Only messages received up to WHEN."),
     )
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return apply_options(func, options)
 
 
 def _check_filters(
@@ -282,10 +277,7 @@ def run_command(
             create=True,
         )
         try:
-            with stop_on_signals() as stop:
-                run_logger(endpoint, store, settings, stop=stop, duration=duration)
-        except ConnectError as error:
-            _fail(ctx, str(error), EXIT_CONNECT_FAILED)
+            serve(ctx, lambda bounds: run_logger(endpoint, store, settings, bounds), duration)
         finally:
             store.close()
 

@@ -7,38 +7,25 @@ Thin: options are parsed here (connection options from ``clientopts``), the runn
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Final
 
 import click
 
 from bastion.cli.clientopts import (
-    EXIT_CONNECT_FAILED,
     client_options,
     configure_service_logging,
     endpoint_from_context,
+    positive_seconds,
     run_options,
-    stop_on_signals,
+    serve,
 )
 from bastion.errors import ConfigError
 from bastion.services.alerting import Rule, parse_rule
 from bastion.services.alerts import run_alerts
 from bastion.services.lockservice import run_doorlock
-from bastion.services.netclient import ConnectError, RunBounds
 from bastion.services.readings import ReadingError, check_device_name
 from bastion.services.sensors import SENSOR_KINDS, run_sensor, sensor_spec
 
 __all__ = ["alerts", "doorlock", "sensor"]
-
-EXIT_USAGE: Final = 2
-
-
-def _positive_seconds(
-    ctx: click.Context, param: click.Parameter, value: float | None
-) -> float | None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise click.BadParameter("must be a positive number of seconds", ctx=ctx, param=param)
-    return value
 
 
 def _holdoff(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -64,20 +51,6 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
-def _serve(ctx: click.Context, run: Callable[[RunBounds], object], duration: float | None) -> None:
-    """Run a service until SIGINT/SIGTERM or ``duration``; one line and exit 1 if it cannot
-    connect, exit 2 for a bad setting found only now (e.g. an unreadable CA file)."""
-    with stop_on_signals() as stop:
-        try:
-            run(RunBounds(stop, duration))
-        except ConnectError as exc:
-            click.echo(f"bastion: error: {exc}", err=True)
-            ctx.exit(EXIT_CONNECT_FAILED)
-        except ConfigError as exc:
-            click.echo(f"bastion: error: {exc}", err=True)
-            ctx.exit(EXIT_USAGE)
-
-
 @click.command()
 @click.argument("device", callback=_device)
 @click.option(
@@ -90,7 +63,7 @@ def _serve(ctx: click.Context, run: Callable[[RunBounds], object], duration: flo
 @click.option(
     "--interval",
     type=float,
-    callback=_positive_seconds,
+    callback=positive_seconds,
     metavar="SECONDS",
     help="Seconds between readings; for motion, the time scale of the bursts (a burst every "
     "~40 intervals, the first within 5) [default: 5].",
@@ -131,7 +104,7 @@ def sensor(
         raise click.UsageError(str(exc), ctx) from None
     endpoint = endpoint_from_context(ctx, default_client_id=spec.name)
     configure_service_logging(log_format)
-    _serve(ctx, lambda bounds: run_sensor(endpoint, spec, bounds, count=count, seed=seed), duration)
+    serve(ctx, lambda bounds: run_sensor(endpoint, spec, bounds, count=count, seed=seed), duration)
 
 
 @click.command()
@@ -171,7 +144,7 @@ def alerts(
     """
     endpoint = endpoint_from_context(ctx, default_client_id="alerts")
     configure_service_logging(log_format)
-    _serve(ctx, lambda bounds: run_alerts(endpoint, bounds, rules=rules, holdoff=holdoff), duration)
+    serve(ctx, lambda bounds: run_alerts(endpoint, bounds, rules=rules, holdoff=holdoff), duration)
 
 
 @click.command()
@@ -202,7 +175,7 @@ def doorlock(
     """
     endpoint = endpoint_from_context(ctx, default_client_id=device)
     configure_service_logging(log_format)
-    _serve(
+    serve(
         ctx,
         lambda bounds: run_doorlock(endpoint, device, bounds, authorized=authorized),
         duration,

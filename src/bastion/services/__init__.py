@@ -2,8 +2,9 @@
 
 Like any device they reach the broker only over the network: they may import ``mqtt``,
 ``security``, ``config`` (and ``storage``, for the logger), never broker/transport/runtime.
-The pure core is exported here; the networked runners (``netclient``, ``sensors``,
-``alerts``, ``lockservice``) are imported from their modules, so the core stays I/O-free.
+The pure core is exported here; the networked parts (``netclient`` over ``endpoint``,
+``delivery`` and ``runbounds``; the runners ``sensors``, ``alerts``, ``lockservice``,
+``datalogger``) are imported from their modules, so the core stays I/O-free.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
 
 import structlog
 
@@ -19,8 +18,6 @@ from bastion.services.alerting import ALERT_QOS, STATUS_FILTER, AlertEngine, Ale
 from bastion.services.netclient import Backoff, Endpoint, Received, RunBounds, ServiceClient
 
 __all__ = ["AlertReport", "run_alerts"]
-
-RECEIVE_WAIT: Final = 0.2  # how often the loop looks at the clock and the stop event
 
 _log = structlog.get_logger("bastion.services.alerts")
 
@@ -75,12 +72,8 @@ def run_alerts(
             subscriptions=list(engine.subscriptions()),
             holdoff=holdoff,
         )
-        while not bounds.done():
-            if client.failure is not None:
-                raise client.failure
-            left = bounds.remaining()
-            message = client.receive(RECEIVE_WAIT if left is None else min(RECEIVE_WAIT, left))
-            if message is None or _is_stale_status(message):
+        for message in bounds.messages(client):
+            if _is_stale_status(message):
                 continue
             received += 1
             for alert in engine.handle(message.topic, message.payload, clock()):

@@ -1,10 +1,10 @@
 """The data logger as a network client: a persistent MQTT session on ``#``, batched into the
 encrypted store of ``storage.logstore``.
 
-``SessionSubscriber`` owns the connection (paho-mqtt 2.2, MQTT 5, clean start off, manual
-acknowledgement; ``netclient.Endpoint`` says where and as whom). ``DataLogger`` commits what
-it hands over in batches and only then acknowledges the QoS 1 deliveries. ``run_logger``
-ties both to a stop event; ``cli/logger.py`` calls it.
+``SessionSubscriber`` is the connection: a ``netclient.ServiceClient`` with clean start off, a
+session expiry and manual acknowledgement. ``DataLogger`` commits what it hands over in
+batches and only then acknowledges the QoS 1 deliveries. ``run_logger`` ties both to the
+run's ``RunBounds``; ``cli/logger.py`` calls it.
 """
 
 from __future__ import annotations
@@ -16,25 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
-import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bastion.services.netclient import (
-    CONNACK_TIMEOUT,
-    CONNECT_TIMEOUT,
-    TRANSIENT_REFUSALS,
-    Backoff,
-    ConnectError,
-    Endpoint,
-    describe_socket_error,
-)
+from bastion.services.endpoint import Backoff, ConnectError, Endpoint
+from bastion.services.netclient import Received, RunBounds, ServiceClient
 from bastion.storage.errors import StorageError
 from bastion.storage.logstore import LoggedMessage, LogStore
 
@@ -44,13 +31,11 @@ log = structlog.get_logger("bastion.logger")
 
 SUBSCRIBE_FILTER: Final = "#"
 SUBSCRIBE_QOS: Final = 1
-RECONNECT_MIN: Final = 1
-RECONNECT_MAX: Final = 30
-RECONNECT_ATTEMPTS: Final = 60
-"""Failed reconnects in a row before the logger gives up (about half an hour at 30 s)."""
+LOGGER_BACKOFF: Final = Backoff(first=0.5, maximum=30.0, attempts=60)
+"""Reconnect schedule: after 60 failed tries in a row (about half an hour, 30 s apart at
+the end) the logger gives up; a broker restart or upgrade is ridden out."""
 POLL: Final = 0.2
 STORE_RETRY_MAX: Final = 10.0
-_NORMAL = ReasonCode(PacketTypes.DISCONNECT, "Normal disconnection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +90,7 @@ class DataLogger:
         self._queue: queue.Queue[Inbound] = queue.Queue(maxsize=settings.queue_size)
         self._next_retention = clock()
         self._backlog_logged = False
+        self._closing = False  # the writer loop has ended: nothing more is queued
         self.total = 0
         """Messages committed by this logger so far."""
         self.batches = 0
@@ -113,8 +99,9 @@ class DataLogger:
 
     def offer(self, item: Inbound, stop: threading.Event) -> bool:
         """Queue ``item`` for the next batch, waiting while the queue is full (which holds
-        the connection back: backpressure); False if ``stop`` is set first."""
-        while not stop.is_set():
+        the connection back: backpressure); False if ``stop`` is set or the writer loop
+        ends first."""
+        while not stop.is_set() and not self._closing:
             try:
                 self._queue.put(item, timeout=POLL)
                 return True
@@ -138,6 +125,7 @@ class DataLogger:
             if batch:
                 self._commit(batch, stop)
             self._retain()
+        self._closing = True
         while batch := self._drain():
             self._commit(batch, None)
 
@@ -219,30 +207,15 @@ class DataLogger:
             )
 
 
-def _safely(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """paho calls callbacks in its loop thread and dies on their exceptions: log instead."""
-
-    def wrap(func: Callable[..., None]) -> Callable[..., None]:
-        def call(*args: Any) -> None:
-            try:
-                func(*args)
-            except Exception as error:
-                log.exception("client.callback_failed", callback=name, error=str(error))
-
-        return call
-
-    return wrap
-
-
 class SessionSubscriber:
     """One MQTT 5 session subscribed to ``#`` at QoS 1 that survives restarts of either side.
 
-    CONNECT has clean start off and a session expiry, so while the logger is away the broker
-    queues QoS 1 messages for it. paho runs the connection in its thread and reconnects
-    with backoff (1-30 s, giving up after ``RECONNECT_ATTEMPTS`` failures in a row); a
-    refusal that retrying cannot fix (bad credentials, no permission to read ``#``) ends it.
-    Acknowledgements are manual: ``Inbound.ack`` sends the PUBACK, unless the connection it
-    came on is gone (the broker then redelivers the message on the new one).
+    A ``netclient.ServiceClient`` with clean start off and a session expiry, so while the
+    logger is away the broker queues QoS 1 messages for it; it reconnects on
+    ``LOGGER_BACKOFF``. A refusal that retrying cannot fix (bad credentials, no permission to
+    read ``#``) ends it (``failure``). Acknowledgements are manual: ``Inbound.ack`` sends the
+    PUBACK, unless the connection the message came on is gone (the broker then redelivers it
+    on the new one).
     """
 
     def __init__(
@@ -253,247 +226,58 @@ class SessionSubscriber:
         session_expiry: int = 3600,
         backoff: Backoff | None = None,
     ) -> None:
-        self.endpoint = endpoint
         self._deliver = deliver
-        self._session_expiry = session_expiry
-        self._backoff = backoff or Backoff(first=0.5, maximum=5.0, attempts=10)
-        self._connected = threading.Event()
-        self._failure: ConnectError | None = None
-        self._failures = 0
-        self._generation = 0
-        self._stopping = False
-        self._started = False
-        self._bad_topic_logged = False
-        self._client = self._make_client()
-
-    def _make_client(self) -> Any:
-        endpoint = self.endpoint
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=endpoint.client_id,
-            protocol=paho.MQTTv5,
+        self.client = ServiceClient(
+            endpoint,
+            on_message=self._on_message,
+            backoff=backoff or LOGGER_BACKOFF,
+            clean_start=False,
+            session_expiry=session_expiry,
             manual_ack=True,
-            reconnect_on_failure=True,
         )
-        client.connect_timeout = CONNECT_TIMEOUT
-        client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
-        context = endpoint.ssl_context()
-        if context is not None:
-            client.tls_set_context(context)
-        if endpoint.username is not None:
-            client.username_pw_set(endpoint.username, endpoint.password)
-        client.on_connect = _safely("on_connect")(self._on_connect)
-        client.on_connect_fail = _safely("on_connect_fail")(self._on_connect_fail)
-        client.on_disconnect = _safely("on_disconnect")(self._on_disconnect)
-        client.on_message = _safely("on_message")(self._on_message)
-        client.on_subscribe = _safely("on_subscribe")(self._on_subscribe)
-        return client
+        # Retain handling 1: retained messages only for a new subscription, so a resumed
+        # session does not log every retained message again.
+        self.client.subscribe(SUBSCRIBE_FILTER, SUBSCRIBE_QOS, retain_handling=1, required=True)
 
     @property
     def failure(self) -> ConnectError | None:
         """Why the subscriber gave up (None while it runs)."""
-        return self._failure
+        return self.client.failure
 
     @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
+    def healthy(self) -> bool:
+        """Whether the connection thread still runs (connected or reconnecting)."""
+        return self.client.failure is None and not self.client.finished
 
-    def connect(self, cancel: threading.Event, deadline: float | None = None) -> bool:
-        """Connect (retrying on the backoff schedule) and start the connection thread.
-
-        True once the broker accepted us; False if ``cancel`` was set or ``deadline``
-        (``time.monotonic``) passed first; ``ConnectError`` if it gave up.
-        """
-        make: Any = Properties  # paho's constructor is untyped
-        properties = make(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self._session_expiry
-        failures = 0
-        while not self._started:
-            if cancel.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                return False
-            try:
-                self._client.connect(
-                    self.endpoint.host,
-                    self.endpoint.port,
-                    keepalive=self.endpoint.keepalive,
-                    clean_start=False,
-                    properties=properties,
-                )
-            except (OSError, ValueError) as exc:
-                if isinstance(exc, OSError):
-                    reason, permanent = describe_socket_error(exc, self.endpoint)
-                else:  # e.g. a host name the certificate does not cover
-                    reason, permanent = f"cannot connect to {self.endpoint.url()}: {exc}", True
-                failures += 1
-                if permanent or failures >= self._backoff.attempts:
-                    raise ConnectError(reason, permanent=permanent) from None
-                delay = self._backoff.delay(failures)
-                log.warning(
-                    "client.connect_failed",
-                    client_id=self.endpoint.client_id,
-                    url=self.endpoint.url(),
-                    reason=reason,
-                    attempt=failures,
-                    retry_in=round(delay, 2),
-                )
-                cancel.wait(delay)
-                continue
-            self._started = True
-            self._client.loop_start()
-        return self._await_connack(cancel, deadline)
-
-    def _await_connack(self, cancel: threading.Event, deadline: float | None) -> bool:
-        limit = time.monotonic() + CONNACK_TIMEOUT * self._backoff.attempts
-        while not self._connected.wait(0.05):
-            if self._failure is not None:
-                raise self._failure
-            if cancel.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                return False
-            if time.monotonic() >= limit:
-                raise ConnectError(f"{self.endpoint.url()}: no accepted CONNACK")
-        return True
-
-    def stop(self) -> None:
-        """DISCONNECT normally (the broker keeps the session for ``session_expiry``) and end
-        the connection thread."""
-        self._stopping = True
-        if not self._started:
-            return
-        self._client.disconnect(reasoncode=_NORMAL)
-        self._client.loop_stop()
-        self._started = False
-
-    # ------------------------------------------------------------- paho callbacks
-
-    def _give_up(self, error: ConnectError) -> None:
-        if self._failure is None:
-            self._failure = error
-            log.error(
-                "client.connect_failed",
-                client_id=self.endpoint.client_id,
-                url=self.endpoint.url(),
-                reason=str(error),
-                permanent=error.permanent,
-            )
-        self._client.disconnect()  # ends paho's loop instead of reconnecting
-
-    def _on_connect(self, _client: Any, _userdata: Any, flags: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            code = getattr(reason, "value", 0x80)
-            self._failures += 1
-            text = f"{self.endpoint.url()} refused the connection: {reason} (0x{code:02X})"
-            if code not in TRANSIENT_REFUSALS or self._failures >= RECONNECT_ATTEMPTS:
-                self._give_up(ConnectError(text, permanent=code not in TRANSIENT_REFUSALS))
-            else:
-                log.warning(
-                    "client.connect_failed",
-                    client_id=self.endpoint.client_id,
-                    reason=text,
-                    attempt=self._failures,
-                )
-            return
-        self._failures = 0
-        sock = self._client.socket()
-        log.info(
-            "client.connected",
-            client_id=self.endpoint.client_id,
-            url=self.endpoint.url(),
-            tls=sock.version() if hasattr(sock, "version") else None,
-            session_present=bool(getattr(flags, "session_present", False)),
-        )
-        # Retain handling 1: retained messages only for a new subscription, so a resumed
-        # session does not log every retained message again.
-        options = SubscribeOptions(qos=SUBSCRIBE_QOS, retainHandling=1)
-        self._client.subscribe(SUBSCRIBE_FILTER, options=options)
-        self._connected.set()
-
-    def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
-        self._failures += 1
-        if self._failures >= RECONNECT_ATTEMPTS:
-            self._give_up(
-                ConnectError(
-                    f"cannot reconnect to {self.endpoint.url()}; giving up "
-                    f"after {self._failures} attempts"
-                )
-            )
-        else:
-            log.warning(
-                "client.reconnecting",
-                client_id=self.endpoint.client_id,
-                url=self.endpoint.url(),
-                attempt=self._failures,
-            )
-
-    def _on_disconnect(self, _client: Any, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
-        self._generation += 1  # PUBACKs still pending belong to the old connection
-        was_connected = self._connected.is_set()
-        self._connected.clear()
-        if was_connected:
-            level = log.info if self._stopping else log.warning
-            level("client.disconnected", client_id=self.endpoint.client_id, reason=str(reason))
-
-    def _on_subscribe(self, _client: Any, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
-        for reason in reasons:
-            if reason.is_failure:
-                self._give_up(
-                    ConnectError(
-                        f"{self.endpoint.url()} refused the subscription to {SUBSCRIBE_FILTER}: "
-                        f"{reason} (0x{reason.value:02X}); the logger needs read access to #",
-                        permanent=True,
-                    )
-                )
-
-    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
-        qos, mid = int(message.qos), int(message.mid)
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            if not self._bad_topic_logged:
-                self._bad_topic_logged = True
-                log.warning("logger.bad_topic", reason="topic is not UTF-8; message skipped")
-            if qos:
-                self._client.ack(mid, qos)
-            return
-        props = getattr(message, "properties", None)
-        content_type = getattr(props, "ContentType", None)
-        pairs = getattr(props, "UserProperty", None) or []
+    def _on_message(self, message: Received) -> None:
         logged = LoggedMessage(
-            topic=topic,
-            payload=bytes(message.payload),
-            qos=qos,
-            retain=bool(message.retain),
+            topic=message.topic,
+            payload=message.payload,
+            qos=message.qos,
+            retain=message.retain,
             received_at=datetime.now(UTC),
-            content_type=content_type if isinstance(content_type, str) else None,
-            user_properties=tuple((str(key), str(value)) for key, value in pairs),
+            content_type=message.content_type,
+            user_properties=message.user_properties,
         )
-        ack = None
-        if qos:
-            ack = functools.partial(self._ack, mid, qos, self._generation)
+        ack = functools.partial(self.client.ack, message) if message.qos else None
         self._deliver(Inbound(logged, ack))
-
-    def _ack(self, mid: int, qos: int, generation: int) -> None:
-        if generation == self._generation and self._connected.is_set():
-            self._client.ack(mid, qos)
 
 
 def run_logger(
     endpoint: Endpoint,
     store: LogStore,
     settings: LoggerSettings,
-    *,
-    stop: threading.Event,
-    duration: float | None = None,
+    bounds: RunBounds,
 ) -> int:
-    """Run the data logger until ``stop`` is set or ``duration`` seconds have passed: commit
-    what is queued, DISCONNECT, and return how many messages were stored.
+    """Run the data logger until ``bounds`` ends: commit what is queued, DISCONNECT, and
+    return how many messages were stored.
 
     Raises ``ConnectError`` if the broker cannot be reached or refuses us for good.
     """
-    until = None if duration is None else time.monotonic() + duration
     logger = DataLogger(store, settings)
     subscriber = SessionSubscriber(
         endpoint,
-        lambda item: logger.offer(item, stop),
+        lambda item: logger.offer(item, bounds.stop),
         session_expiry=settings.session_expiry,
     )
     log.info(
@@ -505,11 +289,14 @@ def run_logger(
         batch_size=settings.batch_size,
     )
     try:
-        if subscriber.connect(stop, until):
-            logger.run(stop, until, healthy=lambda: subscriber.failure is None)
+        if bounds.connect(subscriber.client):
+            logger.run(bounds.stop, bounds.deadline(), healthy=lambda: subscriber.healthy)
+        ended = subscriber.client.finished
     finally:
-        subscriber.stop()
+        subscriber.client.stop()
     if subscriber.failure is not None:
         raise subscriber.failure
+    if ended:  # the connection thread died without a reason: never end as if all were well
+        raise ConnectError(f"{endpoint.url()}: the connection ended unexpectedly (see the log)")
     log.info("logger.stopped", total=logger.total, batches=logger.batches)
     return logger.total

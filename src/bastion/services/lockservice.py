@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
 
 import structlog
 
@@ -25,12 +24,9 @@ from bastion.services.doorlock import (
     result_topic,
 )
 from bastion.services.netclient import Backoff, Endpoint, Received, RunBounds, ServiceClient
-from bastion.services.readings import OFFLINE, StatusMessage, online_status, will_message
+from bastion.services.readings import online_status, will_message
 
 __all__ = ["LockReport", "run_doorlock"]
-
-RECEIVE_WAIT: Final = 0.2
-FINAL_ACK_TIMEOUT: Final = 2.0
 
 _log = structlog.get_logger("bastion.services.doorlock")
 
@@ -99,7 +95,9 @@ def run_doorlock(
     """
     lock = DoorLock(frozenset(authorized), device)
     will = will_message(device)
-    client = ServiceClient(endpoint, will=will, birth=online_status(device), backoff=backoff)
+    client = ServiceClient(
+        endpoint, will=will, birth=online_status(device), farewell=will, backoff=backoff
+    )
     client.subscribe(command_topic(device), COMMAND_QOS)
     results = result_topic(device)
     commands = executed = refused = 0
@@ -109,13 +107,7 @@ def run_doorlock(
         if not authorized:
             _log.warning("lock.no_authorized_users", device=device)
         _log.info("lock.started", device=device, state=lock.state, topic=command_topic(device))
-        while not bounds.done():
-            if client.failure is not None:
-                raise client.failure
-            left = bounds.remaining()
-            message = client.receive(RECEIVE_WAIT if left is None else min(RECEIVE_WAIT, left))
-            if message is None:
-                continue
+        for message in bounds.messages(client):
             if message.retain:
                 _log.warning("lock.retained_command_ignored", device=device, topic=message.topic)
                 continue
@@ -125,10 +117,6 @@ def run_doorlock(
             refused += decision.result.reason is not None
             delivery = client.publish(results, decision.result.to_json(), RESULT_QOS)
             _log_decision(device, message, decision, delivery.accepted)
-        if client.connected:
-            offline = StatusMessage(will.topic, OFFLINE)
-            delivery = client.publish(offline.topic, offline.payload, offline.qos, offline.retain)
-            delivery.wait(FINAL_ACK_TIMEOUT)
     finally:
         client.stop()
     _log.info("lock.stopped", device=device, commands=commands, executed=executed, refused=refused)

@@ -1,39 +1,56 @@
 """The services' MQTT client: one paho-mqtt 2.2 connection (MQTT 5, TLS) that reconnects itself.
 
-``Endpoint`` says where and as whom to connect; ``ServiceClient`` owns the connection in one
-thread of its own (bounded retries with backoff, will, birth message, re-subscription) and
-offers thread-safe publish/receive. The sensor, alert, door-lock and logger runners use it.
+``ServiceClient`` owns the connection in one thread of its own (bounded retries with backoff,
+will, birth message, re-subscription, optionally a persistent session with acknowledgements
+sent by the service) and offers thread-safe publish/receive/ack. ``endpoint.py`` says where
+and as whom it connects, ``delivery.py`` holds what it hands over and ``runbounds.py`` when a
+run ends; their names are re-exported here. The sensor, alert, door-lock and logger runners
+use it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import queue
-import random
 import select
 import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Final
 
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bastion.errors import BastionError, ConfigError
+from bastion.errors import ConfigError
+from bastion.services.delivery import ClientStats, Delivery, Received
+from bastion.services.endpoint import (
+    DEFAULT_PORT,
+    TRANSIENT_REFUSALS,
+    Backoff,
+    ConnectError,
+    Endpoint,
+    close_stranded_sockets,
+    describe_refusal,
+    describe_socket_error,
+    reason_text,
+)
 from bastion.services.readings import StatusMessage
+from bastion.services.runbounds import RunBounds
 
 __all__ = [
     "CONNACK_TIMEOUT",
     "CONNECT_TIMEOUT",
     "DEFAULT_PORT",
+    "MAX_SESSION_EXPIRY",
     "TRANSIENT_REFUSALS",
     "Backoff",
     "ClientStats",
@@ -46,223 +63,25 @@ __all__ = [
     "describe_socket_error",
 ]
 
-DEFAULT_PORT: Final = 8883
 CONNECT_TIMEOUT: Final = 5.0  # TCP connect plus TLS handshake
 CONNACK_TIMEOUT: Final = 10.0
 DISCONNECT_TIMEOUT: Final = 2.0
 STABLE_AFTER: Final = 10.0  # a connection that lasted this long resets the retry budget
-POLL_INTERVAL: Final = 0.05  # the longest a publish waits for the I/O thread's select
-
-# CONNACK refusals worth retrying; every other refusal (bad credentials, not authorised,
-# banned, bad client id, ...) will not change by itself, so the client gives up at once.
-TRANSIENT_REFUSALS: Final = frozenset({0x80, 0x83, 0x88, 0x89, 0x97, 0x9F})
+POLL_INTERVAL: Final = 0.05  # the longest a publish or an ack waits for the I/O thread
+FAREWELL_TIMEOUT: Final = 2.0  # how long a clean stop waits for the farewell's PUBACK
+MAX_SESSION_EXPIRY: Final = 0xFFFFFFFF  # seconds; the broker keeps such a session for ever
 
 _log = structlog.get_logger("bastion.services.client")
 
 
-class ConnectError(BastionError):
-    """The client could not (re)connect; ``permanent`` if retrying cannot help."""
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where and as whom a service connects. TLS is on iff ``cafile`` is set.
-
-    With TLS the server certificate must chain to ``cafile`` and name ``host`` (hostname
-    checking is always on); ``certfile``/``keyfile`` add a client certificate.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    cafile: Path | None = None
-    certfile: Path | None = None
-    keyfile: Path | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    client_id: str = ""
-    keepalive: int = 30
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ConfigError("host must not be empty")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"port must be 1-65535, got {self.port}")
-        if not 0 <= self.keepalive <= 65535:
-            raise ConfigError(f"keepalive must be 0-65535 seconds, got {self.keepalive}")
-        if (self.certfile is None) != (self.keyfile is None):
-            raise ConfigError("a client certificate needs both certfile and keyfile")
-        if self.certfile is not None and self.cafile is None:
-            raise ConfigError("a client certificate needs TLS: give the CA file too")
-        if self.password is not None and self.username is None:
-            raise ConfigError("a password needs a username")
-        if len(self.client_id.encode()) > 65535:
-            raise ConfigError("client id is too long")
-
-    @property
-    def tls(self) -> bool:
-        """Whether the connection uses TLS."""
-        return self.cafile is not None
-
-    def url(self) -> str:
-        """``mqtts://host:port`` (or ``mqtt://``), for logs and messages."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The client TLS context (TLS 1.2 minimum, 1.3 preferred), or None without TLS.
-
-        ConfigError (one line) if the CA, certificate or key cannot be loaded.
-        """
-        if self.cafile is None:
-            return None
-        try:
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.cafile))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load CA file {self.cafile}: {_os_reason(exc)}") from None
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = True
-        context.verify_mode = ssl.CERT_REQUIRED
-        if self.certfile is not None and self.keyfile is not None:
-            try:
-                context.load_cert_chain(str(self.certfile), str(self.keyfile))
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(
-                    f"cannot load client certificate {self.certfile} with key {self.keyfile}: "
-                    f"{_os_reason(exc)}"
-                ) from None
-        return context
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Retry schedule: ``first`` seconds, doubling up to ``maximum``, at most ``attempts`` tries.
-
-    The budget applies to the first connection and to each outage after a connection that
-    stayed up ``STABLE_AFTER`` seconds; shorter connections keep spending the same budget.
-    """
-
-    first: float = 0.5
-    maximum: float = 15.0
-    attempts: int = 12  # about 100 s of trying (0.5, 1, 2, 4, 8, then 15 s apart)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.first <= self.maximum:
-            raise ConfigError("backoff needs 0 < first <= maximum")
-        if self.attempts < 1:
-            raise ConfigError("backoff needs at least one attempt")
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failed attempt (with 20 % jitter)."""
-        base = min(self.maximum, self.first * 2.0 ** max(0, failures - 1))
-        return base * random.uniform(0.8, 1.0)  # jitter only; not a secret
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """An application message as delivered to this client (``qos`` is the delivery QoS)."""
-
-    topic: str
-    payload: bytes
+class _Subscription:
     qos: int
-    retain: bool
-    user_properties: tuple[tuple[str, str], ...] = ()
+    retain_handling: int
+    required: bool
 
-
-@dataclass(slots=True)
-class ClientStats:
-    """Counters of one client (read them from any thread; they only grow)."""
-
-    connects: int = 0
-    connect_failures: int = 0
-    connection_losses: int = 0
-    published: int = 0
-    not_connected: int = 0  # publishes dropped because the client was not connected
-    refused: int = 0  # publishes the broker refused (PUBACK/PUBREC reason >= 0x80)
-    received: int = 0
-    inbox_dropped: int = 0
-
-
-class Delivery:
-    """The fate of one publish: ``accepted`` by the client, ``wait`` for the broker's ack."""
-
-    __slots__ = ("_info",)
-
-    def __init__(self, info: Any = None) -> None:
-        self._info = info
-
-    @property
-    def accepted(self) -> bool:
-        """Whether the message was handed to the connection (False: not connected or full)."""
-        return self._info is not None
-
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the publish to complete (sent for QoS 0,
-        PUBACK/PUBCOMP for QoS 1/2); False if it did not."""
-        if self._info is None:
-            return False
-        deadline = time.monotonic() + max(0.0, timeout)
-        while not self._published():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(0.02, left))
-        return True
-
-    def _published(self) -> bool:
-        try:
-            return bool(self._info.is_published())
-        except (ValueError, RuntimeError):  # the connection was lost before it went out
-            return False
-
-
-def _os_reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason).replace("_", " ").lower()
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def describe_socket_error(exc: OSError, endpoint: Endpoint) -> tuple[str, bool]:
-    """A one-line reason for a failed TCP/TLS connect and whether retrying cannot help."""
-    where = f"{endpoint.host}:{endpoint.port}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        detail = exc.verify_message or _os_reason(exc)
-        return f"TLS certificate verification failed for {where}: {detail}", True
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with {where} failed: {_os_reason(exc)}", False
-    if isinstance(exc, ConnectionRefusedError):
-        return f"connection refused by {where} (is the broker running?)", False
-    if isinstance(exc, TimeoutError):
-        return f"timed out connecting to {where}", False
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host {endpoint.host!r}: {_os_reason(exc)}", False
-    return f"cannot connect to {where}: {_os_reason(exc)}", False
-
-
-def _close_stranded_sockets(exc: BaseException) -> None:
-    """Close sockets a failed connect left open in the raising frames.
-
-    paho does not close the TLS socket when the handshake fails; left to the garbage
-    collector it would only be closed with a ResourceWarning.
-    """
-    tb = exc.__traceback__
-    while tb is not None:
-        for value in list(tb.tb_frame.f_locals.values()):
-            if isinstance(value, socket.socket):
-                with contextlib.suppress(OSError):
-                    value.close()
-        tb = tb.tb_next
-
-
-def _reason_text(reason: Any) -> str:
-    value = getattr(reason, "value", None)
-    name = str(reason) if reason is not None else "unknown"
-    return f"{name} (0x{value:02X})" if isinstance(value, int) else name
+    def options(self) -> SubscribeOptions:
+        return SubscribeOptions(qos=self.qos, retainHandling=self.retain_handling)
 
 
 class ServiceClient:
@@ -271,8 +90,15 @@ class ServiceClient:
     ``connect()`` starts the thread and waits for the first CONNACK; after a lost connection
     the thread reconnects on the ``backoff`` schedule, re-subscribes and republishes
     ``birth``. Messages go to ``on_message`` (called on the I/O thread; keep it quick) or,
-    without one, to a bounded inbox read by ``receive()``. ``stop()`` sends DISCONNECT;
-    ``abort()`` drops the socket without one, so the broker publishes the ``will``.
+    without one, to a bounded inbox read by ``receive()``. ``stop()`` publishes ``farewell``
+    (a device's retained ``offline``: the will's clean counterpart), then sends DISCONNECT;
+    ``abort()`` drops the socket without either, so the broker publishes the ``will``.
+
+    By default every connection starts a new session that ends with it, and paho
+    acknowledges QoS 1/2 messages as they arrive. ``clean_start=False`` with a
+    ``session_expiry`` (seconds) resumes one session across connections and restarts, and
+    ``manual_ack`` leaves the acknowledgement to the service (``ack()``), so the broker keeps
+    and redelivers a message until the service has dealt with it.
     """
 
     def __init__(
@@ -281,19 +107,30 @@ class ServiceClient:
         *,
         will: StatusMessage | None = None,
         birth: StatusMessage | None = None,
+        farewell: StatusMessage | None = None,
         on_message: Callable[[Received], None] | None = None,
         on_connect: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
         inbox_size: int = 1000,
         max_queued: int = 1000,
+        clean_start: bool = True,
+        session_expiry: int = 0,
+        manual_ack: bool = False,
     ) -> None:
+        if not 0 <= session_expiry <= MAX_SESSION_EXPIRY:
+            raise ConfigError(f"session expiry must be 0-{MAX_SESSION_EXPIRY} seconds")
         self.endpoint = endpoint
         self.stats = ClientStats()
         self._backoff = backoff or Backoff()
         self._birth = birth
+        self._farewell = farewell
         self._on_message = on_message
         self._on_connect_hook = on_connect
+        self._clean_start = clean_start
+        self._connect_properties = _session_properties(session_expiry)
+        self._manual_ack = manual_ack
         self._inbox: queue.Queue[Received] = queue.Queue(maxsize=max(1, inbox_size))
+        self._acks: deque[Received] = deque()  # appended by any thread, sent by the I/O thread
         self._lock = threading.RLock()  # guards every call into paho
         self._connected = threading.Event()
         self._finished = threading.Event()
@@ -301,10 +138,12 @@ class ServiceClient:
         self._abort_requested = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: ConnectError | None = None
+        self._connection = 0  # number of the current connection (attempt)
+        self._session_present = False
         self._connack: tuple[bool, ReasonCode | None] | None = None  # (ok, reason) of this try
         self._lost_reason: str | None = None
         self._last_error: str | None = None
-        self._subscriptions: dict[str, int] = {}
+        self._subscriptions: dict[str, _Subscription] = {}
         self._pending_subs: OrderedDict[int, tuple[str, ...]] = OrderedDict()
         self._pending_pubs: OrderedDict[int, str] = OrderedDict()
         self._inbox_full_logged = False
@@ -319,6 +158,7 @@ class ServiceClient:
             client_id=endpoint.client_id,
             protocol=paho.MQTTv5,
             reconnect_on_failure=False,
+            manual_ack=self._manual_ack,
         )
         client.connect_timeout = CONNECT_TIMEOUT
         client.max_queued_messages_set(max(0, max_queued))
@@ -341,6 +181,11 @@ class ServiceClient:
     def connected(self) -> bool:
         """Whether a CONNACK accepted the current connection."""
         return self._connected.is_set()
+
+    @property
+    def session_present(self) -> bool:
+        """Whether the last accepted CONNACK resumed a session the broker had kept."""
+        return self._session_present
 
     @property
     def failure(self) -> ConnectError | None:
@@ -388,12 +233,25 @@ class ServiceClient:
             self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
 
-    def subscribe(self, topic_filter: str, qos: int = 0) -> None:
-        """Subscribe now (if connected) and again after every reconnect."""
+    def subscribe(
+        self,
+        topic_filter: str,
+        qos: int = 0,
+        *,
+        retain_handling: int = 0,
+        required: bool = False,
+    ) -> None:
+        """Subscribe now (if connected) and again after every reconnect.
+
+        ``retain_handling`` is MQTT 5's option (0: send retained messages, 1: only for a new
+        subscription, 2: never). If a ``required`` subscription is refused, the client
+        gives up (``failure``): the service cannot do its job without it.
+        """
+        subscription = _Subscription(qos, retain_handling, required)
         with self._lock:
-            self._subscriptions[topic_filter] = qos
+            self._subscriptions[topic_filter] = subscription
             if self._connected.is_set():
-                self._send_subscribe(((topic_filter, qos),))
+                self._send_subscribe(((topic_filter, subscription),))
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Delivery:
         """Publish if connected; a not-accepted Delivery if not (nothing is queued offline)."""
@@ -410,6 +268,16 @@ class ServiceClient:
             self.stats.published += 1
         return Delivery(info)
 
+    def ack(self, message: Received) -> None:
+        """Acknowledge ``message`` (with ``manual_ack``): PUBACK for QoS 1, PUBCOMP for QoS 2.
+
+        Safe from any thread and never blocks: the I/O thread sends acknowledgements in the
+        order they were made, within ``POLL_INTERVAL``, and before a clean DISCONNECT. One
+        for a connection that has ended is dropped: the broker redelivers the message.
+        """
+        if self._manual_ack and message.qos > 0:
+            self._acks.append(message)
+
     def receive(self, timeout: float) -> Received | None:
         """The next inbox message, or None after ``timeout`` seconds."""
         try:
@@ -418,7 +286,12 @@ class ServiceClient:
             return None
 
     def stop(self, timeout: float = DISCONNECT_TIMEOUT) -> None:
-        """Send DISCONNECT (normal: the broker discards the will) and end the I/O thread."""
+        """Publish the ``farewell`` (if connected; its ack awaited up to ``FAREWELL_TIMEOUT``),
+        send DISCONNECT (normal: the broker discards the will) and end the I/O thread."""
+        farewell = self._farewell
+        if farewell is not None and self.connected and not self._stop_requested.is_set():
+            delivery = self.publish(farewell.topic, farewell.payload, farewell.qos, farewell.retain)
+            delivery.wait(FAREWELL_TIMEOUT)
         self._stop_requested.set()
         self._join(timeout)
 
@@ -499,7 +372,8 @@ class ServiceClient:
         )
 
     def _give_up(self, error: ConnectError) -> None:
-        self._failure = error
+        if self._failure is None:
+            self._failure = error
 
     def _session(self) -> ConnectError | None:
         """One connection: connect, wait for CONNACK, serve until it ends.
@@ -509,16 +383,18 @@ class ServiceClient:
         self._connack = None
         self._lost_reason = None
         with self._lock:
+            self._connection += 1  # acknowledgements still queued for the last one are void
             try:
                 self._client.connect(
                     self.endpoint.host,
                     self.endpoint.port,
                     keepalive=self.endpoint.keepalive,
-                    clean_start=True,
+                    clean_start=self._clean_start,
+                    properties=self._connect_properties,
                 )
             except OSError as exc:
                 message, permanent = describe_socket_error(exc, self.endpoint)
-                _close_stranded_sockets(exc)
+                close_stranded_sockets(exc)
                 self._close_quietly()
                 return ConnectError(message, permanent=permanent)
             except ValueError as exc:  # e.g. a hostname the certificate does not name
@@ -542,12 +418,7 @@ class ServiceClient:
         ok, reason = self._connack
         if not ok:
             self._close_quietly()
-            code = getattr(reason, "value", 0x80)
-            permanent = code not in TRANSIENT_REFUSALS
-            return ConnectError(
-                f"{self.endpoint.url()} refused the connection: {_reason_text(reason)}",
-                permanent=permanent,
-            )
+            return describe_refusal(reason, self.endpoint)
         while not self._stop_requested.is_set():
             if not self._io_step():
                 self._connected.clear()
@@ -574,6 +445,7 @@ class ServiceClient:
         with self._lock:
             if self._client.socket() is None:
                 return False
+            self._send_acks()
             if readable or buffered:
                 self._client.loop_read()
             if self._client.socket() is not None and (writable or self._client.want_write()):
@@ -581,6 +453,13 @@ class ServiceClient:
             if self._client.socket() is not None:
                 self._client.loop_misc()
             return self._client.socket() is not None
+
+    def _send_acks(self) -> None:
+        """Send the acknowledgements ``ack()`` queued for this connection (under the lock)."""
+        while self._acks:
+            message = self._acks.popleft()
+            if message.connection == self._connection and self._client.socket() is not None:
+                self._client.ack(message.mid, message.qos)
 
     def _finish_connection(self) -> None:
         """Leave the connection: DISCONNECT on ``stop()``, a bare close on ``abort()``."""
@@ -593,6 +472,7 @@ class ServiceClient:
             with self._lock:
                 if self._client.socket() is None:
                     return
+                self._send_acks()
                 self._client.disconnect(
                     reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Normal disconnection")
                 )
@@ -622,12 +502,12 @@ class ServiceClient:
                 with contextlib.suppress(OSError):
                     self._client._sock_close()  # paho has no public close without DISCONNECT
 
-    def _send_subscribe(self, pairs: tuple[tuple[str, int], ...]) -> None:
-        if not pairs:
+    def _send_subscribe(self, items: tuple[tuple[str, _Subscription], ...]) -> None:
+        if not items:
             return
-        result, mid = self._client.subscribe(list(pairs))
+        result, mid = self._client.subscribe([(f, s.options()) for f, s in items])
         if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._remember(self._pending_subs, mid, tuple(f for f, _ in pairs))
+            self._remember(self._pending_subs, mid, tuple(f for f, _ in items))
 
     @staticmethod
     def _remember(table: OrderedDict[int, Any], mid: int, value: Any) -> None:
@@ -652,12 +532,13 @@ class ServiceClient:
         if not ok:
             return
         self.stats.connects += 1
+        self._session_present = bool(getattr(flags, "session_present", False))
         _log.info(
             "client.connected",
             client_id=self.endpoint.client_id,
             url=self.endpoint.url(),
             tls=self._tls_version(),
-            session_present=bool(getattr(flags, "session_present", False)),
+            session_present=self._session_present,
         )
         self._send_subscribe(tuple(self._subscriptions.items()))
         if self._birth is not None:
@@ -678,7 +559,7 @@ class ServiceClient:
         self._connected.clear()
         if self._stop_requested.is_set():  # our own stop() or abort(): logged by the I/O loop
             return
-        text = _reason_text(reason)
+        text = reason_text(reason)
         if getattr(reason, "value", None) == 0x8E:
             text = f"{text}: another client connected with client id {self.endpoint.client_id!r}"
         self._lost_reason = f"connection lost: {text}"
@@ -689,18 +570,10 @@ class ServiceClient:
 
     def _handle_message(self, _client: Any, _userdata: Any, message: Any) -> None:
         try:
-            topic = message.topic
+            received = Received.from_paho(message, self._connection)
         except UnicodeDecodeError:
+            self._skip_bad_topic(message)
             return
-        props = getattr(message, "properties", None)
-        pairs = getattr(props, "UserProperty", None) or []
-        received = Received(
-            topic,
-            bytes(message.payload),
-            int(message.qos),
-            bool(message.retain),
-            tuple((str(k), str(v)) for k, v in pairs),
-        )
         self.stats.received += 1
         if self._on_message is not None:
             on_message = self._on_message
@@ -717,6 +590,18 @@ class ServiceClient:
                     "client.inbox_full", client_id=self.endpoint.client_id, size=self._inbox.maxsize
                 )
 
+    def _skip_bad_topic(self, message: Any) -> None:
+        """A topic that is not UTF-8 (a broker bug): skipped, acknowledged, logged once."""
+        self.stats.bad_topics += 1
+        if self._manual_ack and message.qos:
+            self._client.ack(int(message.mid), int(message.qos))  # else it is redelivered
+        if self.stats.bad_topics == 1:
+            _log.warning(
+                "client.bad_topic",
+                client_id=self.endpoint.client_id,
+                reason="topic is not UTF-8; message skipped",
+            )
+
     def _handle_suback(
         self, _client: Any, _userdata: Any, mid: int, reasons: Any, _props: Any
     ) -> None:
@@ -725,13 +610,23 @@ class ServiceClient:
         for topic_filter, reason in zip(filters, reasons, strict=False):
             if not reason.is_failure:
                 granted.append(topic_filter)
-            else:
-                _log.warning(
-                    "client.subscribe_refused",
-                    client_id=self.endpoint.client_id,
-                    topic_filter=topic_filter,
-                    reason=_reason_text(reason),
+                continue
+            _log.warning(
+                "client.subscribe_refused",
+                client_id=self.endpoint.client_id,
+                topic_filter=topic_filter,
+                reason=reason_text(reason),
+            )
+            subscription = self._subscriptions.get(topic_filter)
+            if subscription is not None and subscription.required:
+                self._give_up(
+                    ConnectError(
+                        f"{self.endpoint.url()} refused the subscription to {topic_filter}: "
+                        f"{reason_text(reason)}; this client needs read access to {topic_filter}",
+                        permanent=True,
+                    )
                 )
+                self._stop_requested.set()  # the I/O loop sends DISCONNECT and ends
         if granted:
             _log.info("client.subscribed", client_id=self.endpoint.client_id, filters=granted)
 
@@ -745,37 +640,16 @@ class ServiceClient:
                 "client.publish_refused",
                 client_id=self.endpoint.client_id,
                 topic=topic,
-                reason=_reason_text(reason),
+                reason=reason_text(reason),
             )
 
 
-class RunBounds:
-    """When a service run ends: ``stop`` is set (SIGINT/SIGTERM) or ``duration`` has passed."""
-
-    __slots__ = ("_deadline", "duration", "stop")
-
-    def __init__(self, stop: threading.Event, duration: float | None = None) -> None:
-        self.stop = stop
-        self.duration = duration
-        self._deadline = None if duration is None else time.monotonic() + duration
-
-    def remaining(self) -> float | None:
-        """Seconds left (never negative), or None without a duration."""
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
-
-    def done(self) -> bool:
-        """Whether the run should end now."""
-        left = self.remaining()
-        return self.stop.is_set() or (left is not None and left <= 0.0)
-
-    def wait(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, waking early when the run ends."""
-        left = self.remaining()
-        self.stop.wait(max(0.0, seconds if left is None else min(seconds, left)))
-
-    def connect(self, client: ServiceClient) -> bool:
-        """Connect ``client`` within the run; False if the run ended first (ConnectError if
-        the client gave up or the duration passed without a connection)."""
-        return client.connect(self.remaining(), cancel=self.stop)
+def _session_properties(session_expiry: int) -> Properties | None:
+    """CONNECT properties: a Session Expiry Interval when the session should outlive the
+    connection (0, the default, needs none)."""
+    if not session_expiry:
+        return None
+    make: Any = Properties  # paho's constructor is untyped
+    properties: Properties = make(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = session_expiry
+    return properties

@@ -19,11 +19,9 @@ from bastion.errors import ConfigError, ProtocolError
 from bastion.mqtt.topics import validate_topic_name
 from bastion.services.netclient import Backoff, Endpoint, RunBounds, ServiceClient
 from bastion.services.readings import (
-    OFFLINE,
     REFERENCE_DEVICES,
     DeviceSpec,
     ReadingError,
-    StatusMessage,
     device_spec,
     online_status,
     will_message,
@@ -35,7 +33,6 @@ __all__ = ["SENSOR_KINDS", "SensorReport", "default_seed", "run_sensor", "sensor
 
 SENSOR_KINDS: Final = ("temperature", "humidity", "motion")
 PROGRESS_EVERY: Final = 1.0  # seconds between ``sensor.published`` log lines
-FINAL_ACK_TIMEOUT: Final = 2.0
 MAX_TICK: Final = 0.1
 
 _log = structlog.get_logger("bastion.services.sensor")
@@ -137,7 +134,9 @@ def run_sensor(
     if count is not None and count < 1:
         raise ConfigError(f"count must be >= 1, got {count}")
     will = will_message(spec.name)
-    client = ServiceClient(endpoint, will=will, birth=online_status(spec.name), backoff=backoff)
+    client = ServiceClient(
+        endpoint, will=will, birth=online_status(spec.name), farewell=will, backoff=backoff
+    )
     simulator = SensorSimulator(
         [spec],
         seed=default_seed(spec.name) if seed is None else seed,
@@ -170,15 +169,7 @@ def run_sensor(
             progress.maybe_log(published, dropped)
             bounds.wait(tick)
         progress.maybe_log(published, dropped, force=True)
-        _finish(client, StatusMessage(will.topic, OFFLINE))
     finally:
         client.stop()
     _log.info("sensor.stopped", device=spec.name, published=published, dropped=dropped)
     return SensorReport(spec.name, spec.topic, published, dropped)
-
-
-def _finish(client: ServiceClient, offline: StatusMessage) -> None:
-    """Say ``offline`` (retained) before a clean DISCONNECT, waiting briefly for its PUBACK."""
-    if client.connected:
-        delivery = client.publish(offline.topic, offline.payload, offline.qos, offline.retain)
-        delivery.wait(FINAL_ACK_TIMEOUT)

@@ -3,6 +3,8 @@
 Each data key is stored wrapped by a master key of a ``KeyProvider`` (``keys.py``), with
 associated data binding its id and the master id; ``crypto.KeyRing`` holds them unwrapped.
 ``registry.py`` counts the records each key seals, which decides when it may be retired.
+Master-key rotation and retirement take every database that shares the master key (the
+broker's ``bastion.db`` and the data logger's ``logger.db``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,12 +86,14 @@ class DataKeyStatus:
 
 @dataclass(frozen=True, slots=True)
 class MasterRotation:
-    """What ``rotate_master_key`` did."""
+    """What ``rotate_master_key`` did (``rewrapped``: in the first database; ``also``: how
+    many in each of the others, in order)."""
 
     current: str
     created: bool
     previous: frozenset[str]
     rewrapped: int
+    also: tuple[int, ...] = ()
 
 
 def wrap_associated_data(data_key_id: str, master_id: str) -> bytes:
@@ -266,15 +270,23 @@ def rewrap_data_keys(database: Database, provider: KeyProvider) -> int:
     return len(updates)
 
 
-def rotate_master_key(database: Database, provider: KeyProvider) -> MasterRotation:
-    """A new master key (if the provider can make one) and every data key re-wrapped by it.
+def rotate_master_key(
+    database: Database, provider: KeyProvider, *, also: Sequence[Database] = ()
+) -> MasterRotation:
+    """A new master key (if the provider can make one) and every data key of ``database``
+    and of the databases ``also`` sharing its master key re-wrapped by it.
 
-    A provider that cannot create keys (the environment) must already offer the new key as
-    current; otherwise this is refused with instructions.
+    Every database must open with the provider before anything changes. A provider that
+    cannot create keys (the environment) must already offer the new key as current;
+    otherwise this is refused with instructions.
     """
     load_keyring(database, provider)
-    with database.snapshot() as connection:
-        previous = frozenset(master_key_usage(connection))
+    for other in also:
+        _load_other(other, provider)
+    previous: set[str] = set()
+    for each in (database, *also):
+        with each.snapshot() as connection:
+            previous |= set(master_key_usage(connection))
     created = False
     if isinstance(provider, RotatableKeyProvider):
         provider.add_master_key()
@@ -285,7 +297,16 @@ def rotate_master_key(database: Database, provider: KeyProvider) -> MasterRotati
             f"then a comma and the current key, and run `bastion keys rotate --master` again"
         )
     count = rewrap_data_keys(database, provider)
-    return MasterRotation(provider.current_master_id, created, previous, count)
+    others = tuple(rewrap_data_keys(other, provider) for other in also)
+    return MasterRotation(provider.current_master_id, created, frozenset(previous), count, others)
+
+
+def _load_other(database: Database, provider: KeyProvider) -> None:
+    """``load_keyring`` for a database beside the main one, its errors naming the file."""
+    try:
+        load_keyring(database, provider)
+    except MasterKeyMismatchError as error:
+        raise MasterKeyMismatchError(f"{database.path}: {error}") from None
 
 
 def data_key_status(database: Database) -> list[DataKeyStatus]:
@@ -355,11 +376,19 @@ def _check_retirable(key: DataKeyInfo, records: int) -> None:
         )
 
 
-def retire_master_key(database: Database, provider: KeyProvider, master_id: str) -> None:
-    """Delete an old master key from the key file once no data key of this database uses it.
+def retire_master_key(
+    database: Database,
+    provider: KeyProvider,
+    master_id: str,
+    *,
+    also: Sequence[Database] = (),
+) -> None:
+    """Delete an old master key from the key file once no data key of ``database`` or of
+    the databases ``also`` sharing it (the data logger's) uses it.
 
-    Only this database is checked: a key file shared by several data directories must be
-    checked against each of them first.
+    Refused with ``KeyStateError`` while one does: this never re-wraps keys itself (that is
+    ``rotate_master_key``), it only deletes a key nothing needs. Databases elsewhere (a key
+    file shared by several data directories, a PostgreSQL logger store) are not seen here.
     """
     if not isinstance(provider, RotatableKeyProvider):
         raise KeyConfigError(f"{provider.description} cannot delete master keys")
@@ -369,13 +398,22 @@ def retire_master_key(database: Database, provider: KeyProvider, master_id: str)
         raise KeyStateError(
             f"master key {master_id} is current: run `bastion keys rotate --master` first"
         )
-    with database.snapshot() as connection:
-        users = master_key_usage(connection).get(master_id, 0)
-    if users:
-        raise KeyStateError(
-            f"master key {master_id} still wraps {users} data key{'s' if users != 1 else ''}: "
-            f"run `bastion keys rotate --master` to re-wrap them"
-        )
+    for each in (database, *also):
+        with each.snapshot() as connection:
+            users = master_key_usage(connection).get(master_id, 0)
+        if users and each is database:
+            raise KeyStateError(
+                f"master key {master_id} still wraps {users} "
+                f"data key{'s' if users != 1 else ''}: "
+                f"run `bastion keys rotate --master` to re-wrap them"
+            )
+        if users:
+            raise KeyStateError(
+                f"master key {master_id} still wraps {users} data key{'s' if users != 1 else ''} "
+                f"of {each.path}, which would become unreadable: run `bastion keys rotate "
+                f"--master` (it re-wraps the data keys of every database in the data "
+                f"directory), then retire {master_id}; retire itself never re-wraps keys"
+            )
     provider.remove_master_key(master_id)
 
 

@@ -84,18 +84,12 @@ class LoggedMessage:
     """The MQTT 5 User Properties, in order, if any."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A stored message, opened: ``id`` orders messages received at the same instant."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredMessage(LoggedMessage):
+    """A stored message, opened: the message as received plus the ``id`` the store gave it,
+    which orders messages received at the same instant."""
 
     id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    received_at: datetime
-    content_type: str | None = None
-    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +259,6 @@ class LogStore:
             self._report(row, error)
             return None
         return StoredMessage(
-            row.id,
             row.topic,
             payload,
             row.qos,
@@ -273,6 +266,7 @@ class LogStore:
             from_micros(row.received_us),
             content_type,
             user_properties,
+            id=row.id,
         )
 
     def _open_blobs(self, row: SealedRow, pk: bytes) -> tuple[bytes, bytes]:

@@ -42,10 +42,12 @@ from bastion.storage.logstore_rows import (
     LOG_TABLE,
     Cursor,
     LogUsage,
+    ScanDialect,
     SealedRow,
     check_state_dir,
     from_micros,
     row_binding,
+    scan_statement,
     to_micros,
 )
 
@@ -58,6 +60,15 @@ ID_HIGH = "log_id_high"
 CONNECT_TIMEOUT = 10
 
 _COPY_COLUMNS = "id, topic, received_at, qos, retain, stored_bytes, key_id, payload, properties"
+_ROW_COLUMNS = "id, topic, received_at, qos, retain, key_id, payload, properties"
+_DIALECT = ScanDialect(
+    table=MESSAGES,
+    columns=_ROW_COLUMNS,
+    time_column="received_at",
+    placeholder="%s",
+    prefix_test="left(topic, %s) = %s",
+    time_value=from_micros,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,32 +219,11 @@ class PostgresLogBackend:
         after: Cursor | None,
         limit: int,
     ) -> list[SealedRow]:
-        where: list[str] = []
-        params: list[object] = []
-        if query.since is not None:
-            where.append("received_at >= %s")
-            params.append(query.since)
-        if query.until is not None:
-            where.append("received_at <= %s")
-            params.append(query.until)
-        prefixes = query.prefixes()
-        if prefixes:
-            where.append("(" + " OR ".join(["left(topic, %s) = %s"] * len(prefixes)) + ")")
-            for prefix in prefixes:
-                params += [len(prefix), prefix]
-        if after is not None:
-            where.append(f"(received_at, id) {'<' if descending else '>'} (%s, %s)")
-            params += [from_micros(after[0]), after[1]]
-        order = "DESC" if descending else "ASC"
-        sql = (
-            f"SELECT id, topic, received_at, qos, retain, key_id, payload, properties "
-            f"FROM {MESSAGES}"
+        sql, params = scan_statement(
+            _DIALECT, query, descending=descending, after=after, limit=limit
         )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY received_at {order}, id {order} LIMIT %s"
         with translated_errors(self._description):
-            records = self._connection.execute(sql, (*params, limit)).fetchall()
+            records = self._connection.execute(sql, params).fetchall()
         return [_row(values) for values in records]
 
     def usage(self) -> LogUsage:
@@ -277,9 +267,8 @@ class PostgresLogBackend:
         done = 0
         with translated_errors(self._description), self._connection.transaction():
             rows = self._connection.execute(
-                f"SELECT id, topic, received_at, qos, retain, key_id, payload, properties "
-                f"FROM {MESSAGES} WHERE key_id = ANY(%s) AND NOT (id = ANY(%s)) "
-                f"ORDER BY id LIMIT %s FOR UPDATE",
+                f"SELECT {_ROW_COLUMNS} FROM {MESSAGES} "
+                f"WHERE key_id = ANY(%s) AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s FOR UPDATE",
                 (old, sorted(self._bad), limit),
             ).fetchall()
             for values in rows:

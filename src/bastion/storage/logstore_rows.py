@@ -1,9 +1,10 @@
 """The seam between the logger's store and its databases: sealed rows and ``LogBackend``.
 
 ``logstore.LogStore`` seals and opens; a backend (``logstore_sqlite.py``,
-``logstore_pg.py``) keeps ``SealedRow``s, their data keys and the schema. Time is stored as
-microseconds since the epoch and bound, with the topic, QoS and retain flag, into each
-record's associated data (``row_binding``).
+``logstore_pg.py``) keeps ``SealedRow``s, their data keys and the schema, and builds its scans
+with ``scan_statement`` in its own ``ScanDialect``. Time is stored as microseconds since the
+epoch and bound, with the topic, QoS and retain flag, into each record's associated data
+(``row_binding``).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ __all__ = [
     "Cursor",
     "LogBackend",
     "LogUsage",
+    "ScanDialect",
     "SealedRow",
     "check_state_dir",
     "from_micros",
     "logger_database_path",
     "row_binding",
+    "scan_statement",
     "to_micros",
 ]
 
@@ -103,6 +106,54 @@ class LogUsage:
 
 Cursor = tuple[int, int]
 """A scan position: ``(received_us, id)`` of the last row seen."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanDialect:
+    """How one backend's SQL spells a scan of the messages."""
+
+    table: str
+    columns: str
+    """The selected columns, in ``SealedRow`` order."""
+    time_column: str
+    placeholder: str
+    prefix_test: str
+    """True when ``topic`` starts with a prefix; takes the prefix's length, then the prefix."""
+    time_value: Callable[[int], object]
+    """The parameter for a time given in microseconds since the epoch."""
+
+
+def scan_statement(
+    dialect: ScanDialect,
+    query: LogQuery,
+    *,
+    descending: bool,
+    after: Cursor | None,
+    limit: int,
+) -> tuple[str, list[object]]:
+    """SQL and parameters for ``LogBackend.scan``: up to ``limit`` rows in time order past
+    ``after``, in the query's time window and under one of its literal topic prefixes."""
+    mark, column = dialect.placeholder, dialect.time_column
+    where: list[str] = []
+    params: list[object] = []
+    for bound, operator in ((query.since, ">="), (query.until, "<=")):
+        if bound is not None:
+            where.append(f"{column} {operator} {mark}")
+            params.append(dialect.time_value(to_micros(bound)))
+    prefixes = query.prefixes()
+    if prefixes:
+        where.append("(" + " OR ".join([dialect.prefix_test] * len(prefixes)) + ")")
+        for prefix in prefixes:
+            params += [len(prefix), prefix]
+    if after is not None:
+        where.append(f"({column}, id) {'<' if descending else '>'} ({mark}, {mark})")
+        params += [dialect.time_value(after[0]), after[1]]
+    order = "DESC" if descending else "ASC"
+    sql = f"SELECT {dialect.columns} FROM {dialect.table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {column} {order}, id {order} LIMIT {mark}"
+    return sql, [*params, limit]
 
 
 class LogBackend(Protocol):

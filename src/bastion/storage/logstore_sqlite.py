@@ -33,14 +33,21 @@ from bastion.storage.logstore_rows import (
     LOG_TABLE,
     Cursor,
     LogUsage,
+    ScanDialect,
     SealedRow,
     check_state_dir,
     logger_database_path,
-    to_micros,
+    scan_statement,
 )
 from bastion.storage.registry import EncryptedTable, TamperedSet, reencrypt_batch, registration
 
-__all__ = ["LOGGER_MIGRATIONS", "LOG_MESSAGES", "SqliteLogBackend", "open_sqlite_backend"]
+__all__ = [
+    "LOGGER_MIGRATIONS",
+    "LOG_MESSAGES",
+    "SqliteLogBackend",
+    "open_logger_database",
+    "open_sqlite_backend",
+]
 
 CONTENTS = "contents"
 """``bastion_meta`` entry that tells a logger database from the broker's (same format)."""
@@ -83,6 +90,14 @@ then the logger's table. Later versions are appended as 3, 4 ..."""
 
 _COLUMNS = "id, topic, received_us, qos, retain, key_id, CAST(payload AS BLOB), " + (
     "CAST(properties AS BLOB)"
+)
+_DIALECT = ScanDialect(
+    table=LOG_TABLE,
+    columns=_COLUMNS,
+    time_column="received_us",
+    placeholder="?",
+    prefix_test="substr(topic, 1, ?) = ?",
+    time_value=lambda micros: micros,
 )
 _INSERT = (
     f"INSERT INTO {LOG_TABLE} (id, topic, received_us, qos, retain, stored_bytes, key_id, "
@@ -163,29 +178,11 @@ class SqliteLogBackend:
         after: Cursor | None,
         limit: int,
     ) -> list[SealedRow]:
-        where: list[str] = []
-        params: list[object] = []
-        if query.since is not None:
-            where.append("received_us >= ?")
-            params.append(to_micros(query.since))
-        if query.until is not None:
-            where.append("received_us <= ?")
-            params.append(to_micros(query.until))
-        prefixes = query.prefixes()
-        if prefixes:
-            where.append("(" + " OR ".join(["substr(topic, 1, ?) = ?"] * len(prefixes)) + ")")
-            for prefix in prefixes:
-                params += [len(prefix), prefix]
-        if after is not None:
-            where.append(f"(received_us, id) {'<' if descending else '>'} (?, ?)")
-            params += after
-        order = "DESC" if descending else "ASC"
-        sql = f"SELECT {_COLUMNS} FROM {LOG_TABLE}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY received_us {order}, id {order} LIMIT ?"
+        sql, params = scan_statement(
+            _DIALECT, query, descending=descending, after=after, limit=limit
+        )
         with self._database.snapshot() as connection:
-            return [_row(values) for values in connection.execute(sql, (*params, limit))]
+            return [_row(values) for values in connection.execute(sql, params)]
 
     def usage(self) -> LogUsage:
         with self._database.snapshot() as connection:
@@ -292,6 +289,21 @@ def open_sqlite_backend(
     except BaseException:
         database.close()
         raise
+
+
+def open_logger_database(state_dir: Path) -> Database | None:
+    """``state_dir/logger.db`` for key management (``bastion keys``), or None if there is
+    none; ``StorageError`` if it cannot be opened or is not the data logger's database."""
+    path = logger_database_path(state_dir)
+    if not path.exists() and not path.is_symlink():
+        return None
+    database = open_database(path, migrations=LOGGER_MIGRATIONS, options=OPTIONS, create=False)
+    try:
+        _check_contents(database)
+    except BaseException:
+        database.close()
+        raise
+    return database
 
 
 def _check_contents(database: Database) -> None:

@@ -1,5 +1,6 @@
 """The services' MQTT client without a broker: endpoint checks, TLS context, retry schedule,
-error wording, run bounds, and giving up when nothing listens (real sockets on 127.0.0.1)."""
+error wording, run bounds, session settings, and giving up when nothing listens (real sockets
+on 127.0.0.1). Sessions and acknowledgements against a broker: tests/services."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from bastion.errors import ConfigError
 from bastion.security.pki import init_ca, issue_client
+from bastion.services import endpoint as endpoint_module
+from bastion.services.endpoint import describe_refusal
 from bastion.services.netclient import (
+    MAX_SESSION_EXPIRY,
     Backoff,
     ConnectError,
     Endpoint,
@@ -176,3 +182,45 @@ def test_connect_can_be_cancelled() -> None:
     assert client.connect(timeout=30.0, cancel=cancel) is False
     client.stop()
     assert client.finished
+
+
+def test_netclient_re_exports_the_endpoint_names() -> None:
+    assert Endpoint is endpoint_module.Endpoint
+    assert ConnectError is endpoint_module.ConnectError
+    assert describe_socket_error is endpoint_module.describe_socket_error
+
+
+def test_connack_refusals_say_whether_retrying_helps() -> None:
+    endpoint = Endpoint(port=1883)
+    refused = describe_refusal(
+        ReasonCode(PacketTypes.CONNACK, "Bad user name or password"), endpoint
+    )
+    assert str(refused) == (
+        "mqtt://127.0.0.1:1883 refused the connection: Bad user name or password (0x86)"
+    )
+    assert refused.permanent
+    busy = describe_refusal(ReasonCode(PacketTypes.CONNACK, "Server busy"), endpoint)
+    assert not busy.permanent
+
+
+def test_session_expiry_must_fit_the_protocol() -> None:
+    for bad in (-1, MAX_SESSION_EXPIRY + 1):
+        with pytest.raises(ConfigError, match="session expiry"):
+            ServiceClient(Endpoint(client_id="t"), clean_start=False, session_expiry=bad)
+    kept = ServiceClient(Endpoint(client_id="t"), clean_start=False, session_expiry=3600)
+    kept.stop()
+    assert kept.finished and not kept.session_present
+
+
+def test_run_bounds_messages_end_with_the_run_or_the_clients_failure() -> None:
+    client = ServiceClient(
+        Endpoint(port=unused_port(), client_id="t"),
+        backoff=Backoff(first=0.01, maximum=0.02, attempts=2),
+    )
+    assert list(RunBounds(threading.Event(), duration=0.0).messages(client)) == []
+    with pytest.raises(ConnectError):
+        client.connect(timeout=30.0)
+    running = RunBounds(threading.Event(), duration=30.0)
+    with pytest.raises(ConnectError, match="connection refused by"):
+        next(running.messages(client))
+    client.stop()

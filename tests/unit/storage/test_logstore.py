@@ -123,7 +123,7 @@ def stored(
 ) -> StoredMessage:
     at = datetime(2026, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)
     return StoredMessage(
-        row_id, "temp/sensor1", payload, 1, retain, at, content_type, user_properties
+        "temp/sensor1", payload, 1, retain, at, content_type, user_properties, id=row_id
     )
 
 

@@ -234,6 +234,32 @@ def test_master_still_in_use_cannot_be_retired(tmp_path: Path) -> None:
     store.close()
 
 
+def test_master_rotation_and_retirement_cover_the_databases_sharing_the_key(
+    tmp_path: Path,
+) -> None:
+    provider = key_file(tmp_path / "keys")
+    broker = open_test_store(tmp_path / "state", provider)
+    beside = open_test_store(tmp_path / "beside", provider)  # like logger.db
+    write_note(beside, 1)
+    old_master = provider.current_master_id
+    provider.add_master_key()
+    datakeys.rewrap_data_keys(broker.database, provider)  # the other one was left behind
+    with pytest.raises(KeyStateError, match=f"still wraps 1 data key of {beside.database.path}"):
+        datakeys.retire_master_key(broker.database, provider, old_master, also=[beside.database])
+    assert old_master in FileKeyProvider(provider.path).master_ids()
+    result = datakeys.rotate_master_key(broker.database, provider, also=[beside.database])
+    assert (result.rewrapped, result.also) == (1, (1,))
+    assert old_master in result.previous
+    for master_id in result.previous - {result.current}:
+        datakeys.retire_master_key(broker.database, provider, master_id, also=[beside.database])
+    assert FileKeyProvider(provider.path).master_ids() == {result.current}
+    broker.close()
+    beside.close()
+    reopened = open_test_store(tmp_path / "beside", FileKeyProvider(provider.path))
+    assert read_note(reopened, 1) == b"PLAINTEXT-PAYLOAD-000001-do-not-store"
+    reopened.close()
+
+
 def test_env_master_rotation_uses_the_key_put_first(tmp_path: Path) -> None:
     old = EnvKeyProvider("K", {"K": KEY_B64})
     store = open_test_store(tmp_path / "state", old)

@@ -12,6 +12,7 @@ import logging
 import re
 import stat
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,11 @@ from click.testing import CliRunner, Result
 from storekit import add_notes_table, insert_note
 
 from bastion.cli.main import main
+from bastion.storage import datakeys
 from bastion.storage.database import open_database
 from bastion.storage.datakeys import load_keyring
 from bastion.storage.keys import FileKeyProvider
+from bastion.storage.logstore import LoggedMessage, LogQuery, open_logstore
 
 NO_ENV = {"BASTION_MASTER_KEY": "", "BASTION_DATA_DIR": ""}
 
@@ -84,6 +87,33 @@ def _has_notes(database_file: Path) -> bool:
         return row is not None
     finally:
         database.close()
+
+
+def add_logger_database(data_dir: Path, *, key_file: Path | None = None) -> None:
+    """A logger.db beside bastion.db holding one reading, as `bastion logger run` leaves it."""
+    store = open_logstore(data_dir, key_file=key_file, environ={}, create=True)
+    store.append([LoggedMessage("temp/sensor1", b'{"unit":"C"}', 1, False, datetime.now(UTC))])
+    store.close()
+
+
+def logged_payloads(data_dir: Path) -> list[bytes]:
+    store = open_logstore(data_dir, environ={})
+    try:
+        return [message.payload for message in store.latest(LogQuery())]
+    finally:
+        store.close()
+
+
+def rotate_broker_master_only(data_dir: Path) -> str:
+    """What an older `keys rotate --master` did: re-wrap bastion.db only; returns the old id."""
+    provider = FileKeyProvider(data_dir / "master.key")
+    old = provider.current_master_id
+    database = open_database(data_dir / "bastion.db", create=False)
+    try:
+        datakeys.rotate_master_key(database, provider)
+    finally:
+        database.close()
+    return old
 
 
 def test_group_is_registered() -> None:
@@ -251,3 +281,77 @@ def test_init_never_replaces_a_lost_master_key(tmp_path: Path) -> None:
     (data_dir / "master.key").unlink()
     assert_failed(invoke("init", "--data-dir", str(data_dir)), 2, "no master key")
     assert not (data_dir / "master.key").exists()
+
+
+def test_master_keys_of_the_logger_database_are_rotated_checked_and_shown(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "state"
+    assert invoke("init", "--data-dir", str(data_dir)).exit_code == 0
+    add_logger_database(data_dir)
+    document = status_json(data_dir)
+    logger = document["logger"]
+    assert isinstance(logger, dict)
+    assert logger["database"] == str(data_dir / "logger.db")
+    assert logger["ok"] is True
+    [logger_key] = logger["data_keys"]
+    assert logger_key["current"] is True and logger_key["records"] == 1
+    master = document["master"]
+    assert isinstance(master, dict)
+    [entry] = master["keys"]
+    assert (entry["data_keys"], entry["logger_data_keys"]) == (1, 1)
+
+    # logger.db left behind by a rotation that re-wrapped bastion.db alone: the old master
+    # key must stay, or the logged messages become unreadable.
+    old = rotate_broker_master_only(data_dir)
+    table = invoke("status", "--data-dir", str(data_dir))
+    assert table.exit_code == 0, table.output
+    assert f"Logger database {data_dir / 'logger.db'} (schema 2)" in table.stdout
+    old_row = next(line for line in table.stdout.splitlines() if line.startswith(old))
+    assert old_row.split()[1:4] == ["no", "0", "1"] and "unused" not in old_row
+    refused = invoke("retire", old, "--data-dir", str(data_dir))
+    assert_failed(refused, 1, "still wraps 1 data key of .*logger\\.db.*rotate --master")
+    assert "retire itself never re-wraps" in refused.stderr
+    assert old in FileKeyProvider(data_dir / "master.key").master_ids()
+
+    rotated = invoke("rotate", "--master", "--data-dir", str(data_dir))
+    assert rotated.exit_code == 0, rotated.output
+    assert f"data logger's data keys in {data_dir / 'logger.db'} (1 re-wrapped)" in rotated.stdout
+    unused = re.findall(r"Master key (mk-[0-9a-f]+) is unused now", rotated.stdout)
+    assert old in unused and len(unused) == 2
+    for master_id in unused:
+        retired = invoke("retire", master_id, "--data-dir", str(data_dir))
+        assert retired.exit_code == 0, retired.output
+    assert len(FileKeyProvider(data_dir / "master.key").master_ids()) == 1
+    assert logged_payloads(data_dir) == [b'{"unit":"C"}']
+
+
+def test_a_logger_database_the_master_key_cannot_open_stops_a_master_rotation(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "state"
+    assert invoke("init", "--data-dir", str(data_dir)).exit_code == 0
+    add_logger_database(data_dir, key_file=tmp_path / "other.key")
+    before = (data_dir / "master.key").read_bytes()
+    result = invoke("rotate", "--master", "--data-dir", str(data_dir))
+    assert_failed(result, 2, "logger\\.db: wrong master key")
+    assert (data_dir / "master.key").read_bytes() == before  # nothing was added
+    logger = status_json(data_dir)["logger"]
+    assert isinstance(logger, dict)
+    assert logger["ok"] is False and "wrong master key" in str(logger["error"])
+
+
+def test_an_unusable_logger_database_is_shown_and_blocks_master_retirement(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "state"
+    assert invoke("init", "--data-dir", str(data_dir)).exit_code == 0
+    old = rotate_broker_master_only(data_dir)
+    (data_dir / "logger.db").write_bytes(b"not a database at all" * 100)
+    table = invoke("status", "--data-dir", str(data_dir))
+    assert table.exit_code == 0, table.output
+    assert "logger.db: NOT USABLE" in table.stdout
+    old_row = next(line for line in table.stdout.splitlines() if line.startswith(old))
+    assert "?" in old_row.split() and "unused" not in old_row
+    assert_failed(invoke("retire", old, "--data-dir", str(data_dir)), 2, "not a SQLite database")
+    assert old in FileKeyProvider(data_dir / "master.key").master_ids()
