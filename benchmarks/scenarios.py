@@ -657,7 +657,7 @@ QOS1_DURABLE_NOTE: Final = (
     "durable session; the publishers keep clean session 1: for QoS 1 a broker holds no session "
     "state of a publisher), and every broker start gets a fresh, empty data directory in the "
     "run's scratch directory. Bastion: [storage] enabled = true with its defaults, sync = "
-    '"full" (fsync at every commit), group commit (at most every 5 ms or 256 writes) and '
+    '"full" (fsync at every commit), group commit (at most every 1 ms or 256 writes) and '
     "encryption at rest (AES-256-GCM); it PUBACKs a message only once it is committed and "
     "fsynced for the durable subscriber. Mosquitto: persistence true with its default "
     "autosave_interval (1800 s): it writes mosquitto.db only periodically and at exit, and "
