@@ -228,15 +228,38 @@ class WriteAheadJournal(Journal):
         released: bool = False,
         created: bool = False,
     ) -> None:
-        key = _copy_key(client_id, delivery)
-        deleted = self._deleted_at.pop(key, None)
+        # The hot path of durable QoS 1/2 (several calls per message): written out flat.
+        message = delivery.message
+        group = delivery.group
+        key = (client_id, message.ident, group is not None)
+        ops = self.ops
+        deleted = self._deleted_at.pop(key, None) if self._deleted_at else None
         if deleted is not None:  # the row lives on (a queued copy starts its flight)
-            self.ops[deleted] = _CANCELLED
+            ops[deleted] = _CANCELLED
         elif created:  # a new reference: its message must be in the same batch
-            self.message(delivery.message)
+            self.message(message)
         # (A change of an existing copy needs no message: the copy's stored row keeps it.)
-        self.add(("put_outbox", _entry(client_id, delivery, attempts, packet_id, released)))
-        at = len(self.ops) - 1
+        if not ops and not self.actions and self.wake is not None:
+            self.wake()
+        ops.append(
+            (
+                "put_outbox",
+                StoredOutboxEntry(
+                    client_id,
+                    message.ident,
+                    group is not None,
+                    delivery.qos,
+                    delivery.retain,
+                    delivery.subscription_ids,
+                    attempts,
+                    packet_id,
+                    released,
+                    None if group is None else f"$share/{group.name}/{group.topic_filter}",
+                ),
+            )
+        )
+        self._count += 1
+        at = len(ops) - 1
         fresh = self._fresh.get(key)
         if fresh is not None:
             fresh.append(at)
@@ -245,17 +268,21 @@ class WriteAheadJournal(Journal):
         self._touched.add(key)
 
     def copy_done(self, client_id: str, delivery: Delivery) -> None:
-        key = _copy_key(client_id, delivery)
+        message = delivery.message
+        ident = message.ident
+        key = (client_id, ident, delivery.group is not None)
         fresh = self._fresh.pop(key, None)
-        if fresh is None:
-            super().copy_done(client_id, delivery)
-            self._touched.add(key)
-            self._deleted_at[key] = len(self.ops) - 1
-            return
         ops = self.ops
+        if fresh is None:
+            if not ops and not self.actions and self.wake is not None:
+                self.wake()
+            ops.append(("delete_outbox", key))
+            self._count += 1
+            self._touched.add(key)
+            self._deleted_at[key] = len(ops) - 1
+            return
         for at in fresh:  # never stored: nothing to delete either
             ops[at] = _CANCELLED
-        ident = delivery.message.ident
         refs = self._refs.get(ident, 0) - 1  # its creation was the one reference it made
         self._refs[ident] = refs
         message_at = self._message_at.get(ident)

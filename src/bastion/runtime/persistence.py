@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ log = structlog.get_logger("bastion.storage")
 MAINTENANCE_INTERVAL = 5.0  # seconds between key refreshes / re-encryption steps
 CHECKPOINT_INTERVAL = 1.0  # seconds between checkpoints while commits come
 CHECKPOINT_OPS = 200_000  # or sooner, once this many ops wait (bounds the fold's memory)
+SWITCH_INTERVAL = 0.0005
+"""The interpreter's thread switch interval while the storage thread runs (Python's default
+is 5 ms). Every commit hands the GIL to the storage thread a few times (around SQLite calls
+and the fsync) while the event loop is busy, and each hand-over may wait a whole interval;
+the publishers' acknowledgements wait for those commits. Measured on the durable QoS 1
+benchmark (3 runs each, medians): 5 ms 12.7k msgs/s, 2 ms 11.3k, 1 ms 14.8k, 0.5 ms 16.5k,
+0.2 ms 13.1k."""
 FULL_AT = 0.9  # of max_db_size: refuse new durable work from here (the rest serves acks)
 ROOM_AT = 0.8  # ... until the data in use is back under this
 PURGE_BATCH = 1000
@@ -113,6 +121,8 @@ class GroupCommitter:
         self._max_batch = settings.group_commit_max_batch
         self._purge_interval = settings.purge_interval_s
         self._thread = ThreadPoolExecutor(1, "bastion-storage")
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self._wake = asyncio.Event()
         self._failing = False
         self.commits = 0
@@ -276,3 +286,4 @@ class GroupCommitter:
         """After the final ``commit``: close the store and its thread."""
         self._thread.submit(self._store.close).result()
         self._thread.shutdown(wait=True)
+        sys.setswitchinterval(self._switch_interval)
