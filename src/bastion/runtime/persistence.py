@@ -12,14 +12,15 @@ run on the same thread.
 A full store (the database at ``FULL_AT`` of ``storage.max_db_size_mb``, or a commit that
 failed for lack of space) sets ``journal.full``: the core then refuses new durable work up
 front (0x97) while acknowledgements, which free space, still commit; the purge runs at every
-checkpoint; below ``ROOM_AT`` (or, without a size limit, once a commit succeeds again) the
-flag clears by itself. Both transitions are logged once and counted in ``$SYS``.
+checkpoint; below ``ROOM_AT`` (after a full disk: once ``DISK_ROOM`` bytes are free; it
+looks every second) the flag clears by itself. Both transitions are logged once and counted in ``$SYS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ benchmark (3 runs each, medians): 5 ms 12.7k msgs/s, 2 ms 11.3k, 1 ms 14.8k, 0.5
 0.2 ms 13.1k."""
 FULL_AT = 0.9  # of max_db_size: refuse new durable work from here (the rest serves acks)
 ROOM_AT = 0.8  # ... until the data in use is back under this
+DISK_ROOM = 64 * 1024 * 1024  # after a commit failed for a full disk: free bytes to go on
 PURGE_BATCH = 1000
 REKEY_BATCH = 200
 REKEY_STEPS = 250  # at most 50,000 records per maintenance round
@@ -132,6 +134,7 @@ class GroupCommitter:
         self._uncheckpointed = 0  # ops appended since the last checkpoint
         self._limit = settings.max_db_size_mb * 1024 * 1024 if settings.enabled else 0
         self._full = False
+        self._disk_full = False  # the last failure was the disk's, not the size limit's
         self._next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
         self._journal.wake = self._wake.set
         if self._journal.pending():  # restore journaled (sessions connected at a crash)
@@ -145,8 +148,8 @@ class GroupCommitter:
             while not stop.is_set():
                 waiter = loop.create_task(self._wake.wait())
                 stopper = loop.create_task(stop.wait())
-                idle = None  # with ops not yet checkpointed, wait no longer than the next one
-                if self._uncheckpointed:
+                idle = None  # with ops not yet checkpointed (or a full store to look at
+                if self._uncheckpointed or self._full:  # again), wait at most until then
                     idle = max(0.0, self._next_checkpoint - time.monotonic())
                 done, _ = await asyncio.wait(
                     {waiter, stopper}, timeout=idle, return_when=asyncio.FIRST_COMPLETED
@@ -184,12 +187,11 @@ class GroupCommitter:
                         log.error("storage.write_failed", error=str(exc), ops=len(ops))
                     self._failing = True
                     if failure == QUOTA_EXCEEDED:
+                        self._disk_full = True  # (a size limit is caught before it fails)
                         self._set_full(True, str(exc))
                 else:
                     if self._failing:
                         log.info("storage.write_recovered")
-                        if self._full and not self._limit:  # the disk has room again
-                            self._set_full(False, "a commit succeeded")
                     self._failing = False
                     self.commits += 1
                     self.ops_written += len(ops)
@@ -227,14 +229,24 @@ class GroupCommitter:
             self._measure(health)
 
     def _measure(self, health: StoreHealth) -> None:
-        """Update the size gauge and, with a size limit, the full flag."""
+        """Update the size gauge and the full flag: full at ``FULL_AT`` of the size limit,
+        room again under ``ROOM_AT``; after a full disk, once ``DISK_ROOM`` bytes are free."""
         self._stats.store_bytes = health.database_bytes + health.wal_bytes
-        if not self._limit:
-            return
         used = health.used_bytes
-        if used >= FULL_AT * self._limit:
+        if self._limit and used >= FULL_AT * self._limit:
             self._set_full(True, f"{used} of {self._limit} bytes in use")
-        elif self._full and used < ROOM_AT * self._limit:
+            return
+        if not self._full:
+            return
+        if self._disk_full:
+            try:
+                free = shutil.disk_usage(health.path.parent).free
+            except OSError:
+                return
+            if free >= DISK_ROOM:
+                self._disk_full = False
+                self._set_full(False, f"{free} bytes free on the disk")
+        elif not self._limit or used < ROOM_AT * self._limit:
             self._set_full(False, f"{used} of {self._limit} bytes in use")
 
     def _set_full(self, full: bool, detail: str) -> None:

@@ -6,6 +6,7 @@ once there is room, off."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from bastion.broker.journal import WriteAheadJournal
 from bastion.broker.stats import BrokerStats
 from bastion.config.storage_settings import StorageSettings
+from bastion.runtime import persistence
 from bastion.runtime.persistence import GroupCommitter, Persistence
 from bastion.storage.base import StoreHealth
 from bastion.storage.errors import StorageFullError
@@ -155,15 +157,21 @@ async def test_a_store_near_its_size_limit_refuses_durable_work_until_there_is_r
     assert out.count("storage.full") == 1 and out.count("storage.room_again") == 1
 
 
-async def test_a_full_disk_sets_the_flag_and_a_later_commit_clears_it() -> None:
+async def test_a_full_disk_sets_the_flag_until_the_disk_has_room_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     journal = WriteAheadJournal()
     store = FakeStore()
     stats = BrokerStats()
     committer = _committer(store, journal, stats)
-    committer._limit = 0  # no size limit: only the failures tell
     store.full = True
     assert await _commit_one(committer, journal, "a") == 0x97
     assert journal.full and stats.store_write_failures == 1
     store.full = False
-    assert await _commit_one(committer, journal, "b") == 0
+    free = 1024 * 1024
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: shutil._ntuple_diskusage(9, 9, free))
+    await committer._checkpoint()
+    assert journal.full  # 1 MiB free: not enough to go on
+    free = persistence.DISK_ROOM
+    await committer._checkpoint()
     assert not journal.full
