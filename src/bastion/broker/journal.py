@@ -241,23 +241,7 @@ class WriteAheadJournal(Journal):
         # (A change of an existing copy needs no message: the copy's stored row keeps it.)
         if not ops and not self.actions and self.wake is not None:
             self.wake()
-        ops.append(
-            (
-                "put_outbox",
-                StoredOutboxEntry(
-                    client_id,
-                    message.ident,
-                    group is not None,
-                    delivery.qos,
-                    delivery.retain,
-                    delivery.subscription_ids,
-                    attempts,
-                    packet_id,
-                    released,
-                    None if group is None else f"$share/{group.name}/{group.topic_filter}",
-                ),
-            )
-        )
+        ops.append(("put_outbox", _entry(client_id, delivery, attempts, packet_id, released)))
         self._count += 1
         at = len(ops) - 1
         fresh = self._fresh.get(key)
