@@ -13,7 +13,8 @@ A full store (the database at ``FULL_AT`` of ``storage.max_db_size_mb``, or a co
 failed for lack of space) sets ``journal.full``: the core then refuses new durable work up
 front (0x97) while acknowledgements, which free space, still commit; the purge runs at every
 checkpoint; below ``ROOM_AT`` (after a full disk: once ``DISK_ROOM`` bytes are free; it
-looks every second) the flag clears by itself. Both transitions are logged once and counted in ``$SYS``.
+looks every second) the flag clears by itself. Both transitions are logged once and counted
+in ``$SYS``.
 """
 
 from __future__ import annotations
